@@ -1,0 +1,324 @@
+"""Streaming capture of attention probabilities during one UNet forward pass.
+
+``AttentionCapture`` is a context manager that swaps the processors of the requested
+attention layers (and only those: every other layer keeps its fused SDPA processor) for
+``CapturingAttnProcessor`` and restores the original processors on exit, also on error.
+
+A capturing layer computes, per query chunk, ``P = softmax(Q Kᵀ · scale)`` in float32
+(exponentiated and normalised in place), reuses ``P`` for the output ``P V`` (no second
+``Q Kᵀ``) and adds the head-mean of ``P`` into ONE float32 buffer per resolution and
+group. Nothing per head, per layer or per step is kept: after the pass the buffer divided
+by its contribution count is the head-, layer- (and step-/prompt-) mean.
+
+Groups: every row of the UNet batch is mapped to a group (``-1`` = not captured, e.g. the
+unconditional half of classifier-free guidance). Rows of one group are averaged together:
+the harness maps all prompts of one image to one self-attention group (G = 1 per image)
+and every prompt to its own cross-attention group.
+
+The resolution of a layer is detected from its number of query tokens (side = √N), so
+the same request works for any latent size; the UNet part comes from the layer name
+(``benchmark.attention.layers``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+import torch
+
+from benchmark.attention.layers import AttentionLayer, check_selection, list_layers, select_layers
+from benchmark.types import AttentionRequest
+
+#: bump when captured values change for the same inputs (part of every cache key)
+CAPTURE_VERSION = "1"
+
+
+def _as_groups(groups: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(groups, dtype=torch.long).flatten()
+    if tensor.numel() and int(tensor.min()) < -1:
+        raise ValueError(f"{what}: group indices must be >= 0 (or -1 = not captured), got {tensor.tolist()}")
+    return tensor
+
+
+def _count_groups(groups: torch.Tensor) -> int:
+    return int(groups.max()) + 1 if groups.numel() else 0
+
+
+def default_cross_groups(groups: torch.Tensor) -> torch.Tensor:
+    """One cross-attention group per captured row, numbered in row order; -1 rows stay -1."""
+    captured = groups >= 0
+    return torch.where(captured, torch.cumsum(captured.long(), 0) - 1, torch.full_like(groups, -1))
+
+
+class _Accumulator:
+    """Running sums of head-mean attention probabilities of one kind (self or cross)."""
+
+    def __init__(self, kind: str, resolutions: Iterable[int], n_groups: int):
+        self.kind = kind
+        self.resolutions = frozenset(int(r) for r in resolutions)
+        self.n_groups = int(n_groups)
+        self.sums: Dict[int, torch.Tensor] = {}  # side -> (G, side², keys) float32
+        self.counts: Dict[int, torch.Tensor] = {}  # side -> (G,) number of (layer, row) contributions
+        self.layers: Dict[int, Dict[str, None]] = {}  # side -> ordered names of the layers that ran
+        self.seen: set = set()  # sides at which a layer of the selection ran
+        self.finalised = False
+        self.set_groups(torch.empty(0, dtype=torch.long))
+
+    def set_groups(self, groups: torch.Tensor) -> None:
+        if groups.numel() and int(groups.max()) >= self.n_groups:
+            raise ValueError(
+                f"{self.kind}-attention group index {int(groups.max())} out of range: the capture has {self.n_groups} groups"
+            )
+        captured = groups >= 0
+        self.n_rows = int(groups.numel())
+        self.rows = None if bool(captured.all()) else captured.nonzero().flatten()  # None = every row
+        self.row_groups = groups[captured]
+        self._on_device: Dict[torch.device, Tuple[Optional[torch.Tensor], torch.Tensor]] = {}
+
+    @property
+    def has_rows(self) -> bool:
+        return self.row_groups.numel() > 0
+
+    def wants(self, side: int) -> bool:
+        return side in self.resolutions and self.has_rows
+
+    def _indices(self, device: torch.device) -> Tuple[Optional[torch.Tensor], torch.Tensor]:
+        if device not in self._on_device:
+            rows = None if self.rows is None else self.rows.to(device)
+            self._on_device[device] = (rows, self.row_groups.to(device))
+        return self._on_device[device]
+
+    def buffer(self, side: int, n_keys: int, device: torch.device) -> torch.Tensor:
+        if self.finalised:
+            raise RuntimeError("attention capture already finalised: read the results after the last UNet call")
+        if side not in self.sums:
+            # ordinary tensors even under inference_mode: results are divided in place after
+            # the pass and handed to code that may modify them
+            with torch.inference_mode(False):
+                self.sums[side] = torch.zeros(self.n_groups, side * side, n_keys, dtype=torch.float32, device=device)
+                self.counts[side] = torch.zeros(self.n_groups, dtype=torch.float64)
+            self.layers[side] = {}
+        buffer = self.sums[side]
+        if buffer.shape[-1] != n_keys:
+            raise RuntimeError(
+                f"{self.kind}-attention layers at resolution {side} have {buffer.shape[-1]} and {n_keys} keys; "
+                "cannot average them"
+            )
+        return buffer
+
+    def add_chunk(self, buffer: torch.Tensor, probs: torch.Tensor, start: int, stop: int) -> None:
+        """Add the head-mean of ``probs`` (B, heads, chunk, keys) of query rows [start, stop)."""
+        rows, row_groups = self._indices(probs.device)
+        head_sum = probs.sum(dim=1)
+        if rows is not None:
+            head_sum = head_sum.index_select(0, rows)
+        buffer[:, start:stop].index_add_(0, row_groups, head_sum, alpha=1.0 / probs.shape[1])
+
+    def count_layer(self, side: int, name: str) -> None:
+        self.counts[side].index_add_(0, self.row_groups, torch.ones(self.row_groups.numel(), dtype=torch.float64))
+        self.layers[side][name] = None
+
+    def result(self, selection: str) -> Dict[int, torch.Tensor]:
+        """Means per resolution, computed in place (the buffers become the results)."""
+        missing = sorted(self.resolutions - set(self.sums), reverse=True)
+        if missing:
+            raise ValueError(
+                f"{self.kind}-attention resolution(s) {missing} requested with layers={selection!r}, but no such "
+                f"layer ran at that resolution; the selected layers ran at {sorted(self.seen, reverse=True)} for this "
+                "latent size (resolutions are latent side / 1, 2, 4, 8: change image_size or the request)"
+            )
+        if not self.finalised:
+            for side, total in self.sums.items():
+                counts = self.counts[side]
+                if bool((counts == 0).any()):
+                    empty = (counts == 0).nonzero().flatten().tolist()
+                    raise ValueError(f"{self.kind}-attention groups {empty} received no rows at resolution {side}")
+                total.div_(counts.to(device=total.device, dtype=torch.float32).view(-1, 1, 1))
+            self.finalised = True
+        return dict(sorted(self.sums.items(), reverse=True))
+
+
+class CapturingAttnProcessor:
+    """Attention processor that also accumulates head-mean probabilities (see module doc).
+
+    Layers whose resolution was not requested (or calls with no captured rows) are handed
+    to the processor it replaced, i.e. keep the fused kernel.
+    """
+
+    def __init__(self, original, accumulator: _Accumulator, layer_name: str, chunk_size: int):
+        self.original = original
+        self.accumulator = accumulator
+        self.layer_name = layer_name
+        self.chunk_size = int(chunk_size)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        n_queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        side = math.isqrt(n_queries)
+        square = side * side == n_queries
+        if square:
+            self.accumulator.seen.add(side)
+        if not square or not self.accumulator.wants(side):
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        if hidden_states.shape[0] != self.accumulator.n_rows:
+            raise RuntimeError(
+                f"attention capture groups describe {self.accumulator.n_rows} batch rows but layer {self.layer_name} "
+                f"got a batch of {hidden_states.shape[0]}: call set_groups() before each UNet call"
+            )
+        return self._forward(attn, hidden_states, encoder_hidden_states, attention_mask, temb, side)
+
+    # the steps around the attention product follow diffusers' AttnProcessor2_0, so the
+    # output equals the uninstrumented layer
+    def _forward(self, attn, hidden_states, encoder_hidden_states, attention_mask, temb, side: int):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch, channels, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch, channels, height * width).transpose(1, 2)
+        batch, n_keys_total, _ = hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, n_keys_total, batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+        query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        value = value.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        if attn.norm_k is not None:
+            key = attn.norm_k(key)
+
+        out = self._attend_and_capture(query, key, value, attention_mask, attn.scale, side)
+
+        out = out.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
+        out = attn.to_out[0](out)
+        out = attn.to_out[1](out)
+        if input_ndim == 4:
+            out = out.transpose(-1, -2).reshape(batch, channels, height, width)
+        if attn.residual_connection:
+            out = out + residual
+        return out / attn.rescale_output_factor
+
+    def _attend_and_capture(self, query, key, value, mask, scale: float, side: int) -> torch.Tensor:
+        batch, heads, n_queries, head_dim = query.shape
+        acc = self.accumulator
+        buffer = acc.buffer(side, key.shape[2], query.device)
+        # float32 probabilities whatever the model dtype; q is scaled once, before QKᵀ
+        query = query.float() * scale
+        key_t = key.float().transpose(-1, -2)
+        value = value.float()
+        out = torch.empty(batch, heads, n_queries, head_dim, dtype=torch.float32, device=query.device)
+        rows_per_chunk = max(1, self.chunk_size // batch)
+        for start in range(0, n_queries, rows_per_chunk):
+            stop = min(n_queries, start + rows_per_chunk)
+            probs = torch.matmul(query[:, :, start:stop], key_t)
+            if mask is not None:
+                probs += mask[:, :, start:stop] if mask.shape[2] > 1 else mask
+            probs -= probs.amax(dim=-1, keepdim=True)
+            probs.exp_()
+            probs /= probs.sum(dim=-1, keepdim=True)
+            out[:, :, start:stop] = torch.matmul(probs, value)
+            acc.add_chunk(buffer, probs, start, stop)
+        acc.count_layer(side, self.layer_name)
+        return out
+
+
+class AttentionCapture:
+    """Install capturing processors on the layers ``request`` selects, for one ``with`` scope.
+
+    unet: a diffusers ``UNet2DConditionModel``.
+    groups: self-attention group of every row of the next UNet batch (-1 = not captured).
+    chunk_size: query rows per chunk, summed over the batch rows.
+    cross_groups: cross-attention group of every row (default: one per captured row).
+    n_groups / n_cross_groups: number of groups when later calls (``set_groups``) use more
+      groups than the first one.
+
+    After the last UNet call: ``self_attention()`` -> {side: (G, side², side²)},
+    ``cross_attention()`` -> {side: (G', side², 77)}, float32 means; ``layers`` names the
+    layers that contributed to each resolution.
+    """
+
+    def __init__(
+        self,
+        unet,
+        request: AttentionRequest,
+        groups: Sequence[int] | torch.Tensor,
+        chunk_size: int = 512,
+        cross_groups: Sequence[int] | torch.Tensor | None = None,
+        n_groups: Optional[int] = None,
+        n_cross_groups: Optional[int] = None,
+    ):
+        check_selection(request.self_layers, "AttentionRequest.self_layers")
+        check_selection(request.cross_layers, "AttentionRequest.cross_layers")
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        self.unet = unet
+        self.request = request
+        self.chunk_size = int(chunk_size)
+        groups = _as_groups(groups, "groups")
+        cross = default_cross_groups(groups) if cross_groups is None else _as_groups(cross_groups, "cross_groups")
+        self._self = _Accumulator("self", request.self_resolutions, n_groups or _count_groups(groups))
+        self._cross = _Accumulator("cross", request.cross_resolutions, n_cross_groups or _count_groups(cross))
+        self.set_groups(groups, cross)
+        layers = list_layers(unet.attn_processors)
+        self.selected: Dict[str, List[AttentionLayer]] = {
+            "self": select_layers(layers, "self", request.self_layers) if request.self_resolutions else [],
+            "cross": select_layers(layers, "cross", request.cross_layers) if request.cross_resolutions else [],
+        }
+        for kind, resolutions in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
+            if resolutions and not self.selected[kind]:
+                selection = request.self_layers if kind == "self" else request.cross_layers
+                raise ValueError(f"layers={selection!r} selects no {kind}-attention layer of this UNet")
+        self._original: Optional[dict] = None
+
+    def set_groups(self, groups: Sequence[int] | torch.Tensor, cross_groups: Sequence[int] | torch.Tensor | None = None) -> None:
+        """Row -> group maps of the next UNet call (its batch may differ from the previous one)."""
+        groups = _as_groups(groups, "groups")
+        cross = default_cross_groups(groups) if cross_groups is None else _as_groups(cross_groups, "cross_groups")
+        if cross.numel() != groups.numel():
+            raise ValueError(f"groups has {groups.numel()} rows but cross_groups has {cross.numel()}")
+        self._self.set_groups(groups)
+        self._cross.set_groups(cross)
+
+    def __enter__(self) -> "AttentionCapture":
+        if self._original is not None:
+            raise RuntimeError("AttentionCapture is not re-entrant")
+        original = dict(self.unet.attn_processors)
+        replaced = dict(original)
+        for kind, accumulator in (("self", self._self), ("cross", self._cross)):
+            for layer in self.selected[kind]:
+                replaced[layer.name] = CapturingAttnProcessor(original[layer.name], accumulator, layer.name, self.chunk_size)
+        self._original = original
+        self.unet.set_attn_processor(replaced)  # it empties the dict it is given: a copy
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        original, self._original = self._original, None
+        self.unet.set_attn_processor(dict(original))
+        return False
+
+    def self_attention(self) -> Dict[int, torch.Tensor]:
+        return self._self.result(self.request.self_layers) if self.request.self_resolutions else {}
+
+    def cross_attention(self) -> Dict[int, torch.Tensor]:
+        return self._cross.result(self.request.cross_layers) if self.request.cross_resolutions else {}
+
+    @property
+    def layers(self) -> Dict[Tuple[str, int], List[str]]:
+        """(kind, side) -> names of the layers averaged into that resolution."""
+        found = {}
+        for accumulator in (self._self, self._cross):
+            for side, names in accumulator.layers.items():
+                found[(accumulator.kind, side)] = list(names)
+        return found

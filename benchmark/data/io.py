@@ -1,0 +1,48 @@
+"""Reading one image / one label map, with errors that name the file."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image
+
+from .errors import DatasetFileError, InvalidLabelError, MissingFileError
+
+#: PIL modes whose pixel values are class indices. Palette ("P") PNGs such as VOC's are
+#: read as their indices, never converted to RGB.
+LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B")
+
+Source = Union[str, Path, bytes]
+
+
+def _open(source: Source, name: str, image_id: Optional[str]) -> Image.Image:
+    try:
+        handle = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        handle.load()  # decode now, so a truncated file fails here and names itself
+        return handle
+    except FileNotFoundError as err:
+        raise MissingFileError(f"file not found: {name}", name, image_id) from err
+    except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for corrupt data
+        raise DatasetFileError(f"cannot read {name}: {type(err).__name__}: {err}", name, image_id) from err
+
+
+def read_image(source: Source, name: str, image_id: Optional[str] = None) -> np.ndarray:
+    """RGB uint8 array (H, W, 3). ``name`` is the file's path (or a description) for errors."""
+    handle = _open(source, name, image_id)
+    if handle.mode != "RGB":
+        handle = handle.convert("RGB")  # COCO has grayscale and CMYK JPEGs
+    return np.array(handle)  # a writable copy: torch.from_numpy refuses read-only views
+
+
+def read_label(source: Source, name: str, image_id: Optional[str] = None) -> np.ndarray:
+    """Integer array (H, W) of the raw values stored in a single-channel or palette PNG."""
+    handle = _open(source, name, image_id)
+    if handle.mode not in LABEL_MODES:
+        raise InvalidLabelError(
+            f"label file {name} has PIL mode {handle.mode!r}; expected a single-channel or "
+            "palette PNG of class indices (label maps converted to RGB colours cannot be decoded)",
+            name, image_id,
+        )
+    return np.array(handle)  # a writable copy: torch.from_numpy refuses read-only views

@@ -1,0 +1,325 @@
+"""``DiffusionModel``: the SD components plus the two ways the harness runs them.
+
+* ``capture``: real images -> VAE latent (posterior mean or seeded sample) -> optional
+  seeded noise to ``extract.timestep`` -> ONE batched UNet call for all prompts of all
+  images (split into calls of at most ``max_batch`` rows) -> head-/layer-mean attention
+  per image.
+* ``generate``: SeeDiff's generate mode: DDIM from noise with the prompts (optional
+  classifier-free guidance), attention of the conditional branch averaged over all steps,
+  plus the decoded images.
+
+Randomness is per image and independent of batching: the generator of an image is seeded
+from ``extract.seed`` and the image's key (its id when given, else a SHA-1 of its pixels),
+so an image gets the same latent sample and noise alone or in any batch.
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.attention.capture import AttentionCapture
+from benchmark.schema import ExtractionConfig
+from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery
+
+LATENT_KINDS = ("mean", "sample")
+
+
+def derive_seed(seed: int, *parts: object) -> int:
+    """A 63-bit seed from ``seed`` and stable parts (no Python ``hash``: it is salted per process)."""
+    text = ":".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def image_key(image: torch.Tensor) -> str:
+    """Content key of a uint8 image (seeds its randomness when no id is given)."""
+    data = image.detach().cpu().contiguous()
+    return hashlib.sha1(str(tuple(data.shape)).encode() + data.numpy().tobytes()).hexdigest()
+
+
+def _randn(shape: Sequence[int], seed: int) -> torch.Tensor:
+    # drawn on the CPU so that every device gets the same numbers
+    return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed))
+
+
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    # cast only when needed: diffusers warns about every .to(dtype) of a loaded model
+    if next(module.parameters()).dtype != dtype:
+        module = module.to(dtype)
+    return module.to(device).eval().requires_grad_(False)
+
+
+class DiffusionModel:
+    """SD components on one device, with counters of the UNet work done.
+
+    unet_calls: UNet forward calls; unet_rows: UNet batch rows evaluated (one row = one
+    prompt at one step = what papers call one diffusion pass).
+    """
+
+    def __init__(
+        self,
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        scheduler,
+        device: torch.device | str,
+        dtype: torch.dtype,
+        model_id: str,
+        fingerprint: str,
+        chunk_size: int = 512,
+        max_batch: int = 16,
+    ):
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.unet, self.vae, self.text_encoder = (_place(m, self.device, dtype) for m in (unet, vae, text_encoder))
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.model_id = model_id
+        self.fingerprint = fingerprint
+        self.chunk_size = int(chunk_size)
+        self.max_batch = int(max_batch)
+        self.unet_calls = 0
+        self.unet_rows = 0
+        self.max_length = min(int(tokenizer.model_max_length), int(text_encoder.config.max_position_embeddings))
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        #: image sides must be multiples of this (VAE factor x UNet downsampling)
+        self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    def __repr__(self) -> str:
+        return f"DiffusionModel({self.model_id!r}, device={self.device}, dtype={self.dtype}, fingerprint={self.fingerprint!r})"
+
+    # -- text ---------------------------------------------------------------------------
+    def token_ids(self, text: str) -> List[int]:
+        """The ``max_length`` (77) token ids of ``text``: BOS, tokens, EOS, padding."""
+        return self.tokenizer(text, padding="max_length", max_length=self.max_length, truncation=True).input_ids
+
+    def token_positions(self, text: str, word: str) -> List[int]:
+        """Indices (in the 77-token sequence of ``text``) of the sub-tokens of ``word``; first occurrence."""
+        if not word:
+            raise ValueError(f"empty word for prompt {text!r}")
+        ids = self.token_ids(text)
+        word_ids = self.tokenizer(word, add_special_tokens=False).input_ids
+        n = len(word_ids)
+        for start in range(1, len(ids) - n + 1):
+            if ids[start : start + n] == word_ids:
+                return list(range(start, start + n))
+        raise ValueError(
+            f"word {word!r} (tokens {word_ids}) not found in the {self.max_length}-token sequence of prompt {text!r} "
+            f"(tokens {ids[: ids.index(self.tokenizer.eos_token_id) + 1] if self.tokenizer.eos_token_id in ids else ids}); "
+            "the word must appear in the prompt as whole words and within the first tokens"
+        )
+
+    def encode_prompts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Text-encoder hidden states (len(texts), 77, D); each distinct text encoded once."""
+        distinct = list(dict.fromkeys(texts))
+        ids = torch.tensor([self.token_ids(t) for t in distinct], device=self.device)
+        hidden = self.text_encoder(ids)[0]
+        where = {t: i for i, t in enumerate(distinct)}
+        return hidden[torch.tensor([where[t] for t in texts], device=self.device)]
+
+    # -- images ---------------------------------------------------------------------------
+    def check_image_size(self, size: int) -> int:
+        if size < self.size_multiple or size % self.size_multiple:
+            raise ValueError(
+                f"extract.image_size={size}: must be a positive multiple of {self.size_multiple} for this model "
+                f"(VAE factor {self.vae_scale_factor} x UNet downsampling)"
+            )
+        return size // self.vae_scale_factor
+
+    def encode_images(self, images: Sequence[torch.Tensor], extract: ExtractionConfig, keys: Sequence[str]) -> torch.Tensor:
+        """Scaled VAE latents (N, 4, s/8, s/8) of images resized bilinearly (no aspect kept) to image_size."""
+        size = extract.image_size
+        latents = []
+        for start in range(0, len(images), self.max_batch):
+            batch = []
+            for image in images[start : start + self.max_batch]:
+                pixels = image.to(self.device).float()[None]
+                if tuple(pixels.shape[-2:]) != (size, size):
+                    pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False)
+                batch.append(pixels[0])
+            pixels = (torch.stack(batch) / 127.5 - 1.0).to(self.dtype)
+            posterior = self.vae.encode(pixels).latent_dist
+            z = posterior.mean
+            if extract.latent == "sample":
+                eps = torch.stack(
+                    [_randn(z.shape[1:], derive_seed(extract.seed, "latent", k)) for k in keys[start : start + self.max_batch]]
+                )
+                z = posterior.mean + posterior.std * eps.to(self.device, z.dtype)
+            latents.append(z * self.vae.config.scaling_factor)
+        return torch.cat(latents)
+
+    def decode_latents(self, latents: torch.Tensor) -> List[torch.Tensor]:
+        """uint8 (3, H, W) images of scaled latents."""
+        images = []
+        for start in range(0, latents.shape[0], self.max_batch):
+            z = latents[start : start + self.max_batch] / self.vae.config.scaling_factor
+            x = self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1, 1)
+            images.extend(((x + 1) * 127.5).round().to(torch.uint8).cpu().unbind(0))
+        return images
+
+    # -- UNet ---------------------------------------------------------------------------
+    def _unet(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        self.unet_calls += 1
+        self.unet_rows += latents.shape[0]
+        return self.unet(latents.to(self.dtype), timesteps, encoder_hidden_states=embeddings).sample
+
+    @staticmethod
+    def passes_per_image(n_prompts: int, extract: ExtractionConfig) -> int:
+        """UNet rows one image costs: prompts x steps, x2 for guidance in generate mode.
+
+        A single pass on a real image never runs the unconditional branch: its output is
+        not used and batch rows do not interact, so it cannot change the captured
+        conditional attention.
+        """
+        cfg = 2 if extract.steps > 1 and float(extract.guidance_scale) != 1.0 else 1
+        return int(n_prompts) * int(extract.steps) * cfg
+
+    def _check_common(self, request: AttentionRequest, extract: ExtractionConfig) -> None:
+        if extract.latent not in LATENT_KINDS:
+            raise ValueError(f"extract.latent={extract.latent!r}: expected one of {', '.join(LATENT_KINDS)}")
+        if extract.steps < 1:
+            raise ValueError(f"extract.steps={extract.steps}: must be >= 1")
+        if not isinstance(request, AttentionRequest):
+            raise TypeError(f"request must be an AttentionRequest, got {type(request).__name__}")
+
+    def _positions(self, queries: Sequence[PromptQuery]) -> List[List[int]]:
+        return [self.token_positions(q.text, q.word) if q.word else [] for q in queries]
+
+    @torch.no_grad()  # not inference_mode: results must stay ordinary tensors (in-place ops later)
+    def capture(
+        self,
+        images: Sequence[torch.Tensor],
+        queries: Sequence[Sequence[PromptQuery]],
+        request: AttentionRequest,
+        extract: ExtractionConfig,
+        image_ids: Optional[Sequence[str]] = None,
+        timesteps: Optional[Sequence[int]] = None,
+    ) -> List[AttentionMaps]:
+        """Attention of each image (one ``AttentionMaps`` per image) from one batched UNet pass.
+
+        images: uint8 (3, H, W) tensors; queries[i]: the prompts of image i (at least one);
+        image_ids: keys seeding each image's randomness (default: hash of its pixels);
+        timesteps: per-image timestep overriding ``extract.timestep`` (several timesteps
+        in one pass).
+        """
+        self._check_common(request, extract)
+        if extract.steps != 1:
+            raise ValueError(f"extract.steps={extract.steps} is generation mode: use DiffusionModel.generate()")
+        n = len(images)
+        if len(queries) != n:
+            raise ValueError(f"capture got {n} images but {len(queries)} query lists")
+        for i, (image, qs) in enumerate(zip(images, queries)):
+            if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(f"image {i}: expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+            if not qs:
+                raise ValueError(f"image {i}: no prompt queries (use [PromptQuery('')] for the empty prompt)")
+        keys = list(image_ids) if image_ids is not None else [image_key(im) for im in images]
+        steps = [extract.timestep] * n if timesteps is None else [int(t) for t in timesteps]
+        if len(keys) != n or len(steps) != n:
+            raise ValueError(f"capture got {n} images but {len(keys)} image ids and {len(steps)} timesteps")
+        n_train = int(self.scheduler.config.num_train_timesteps)
+        bad = [t for t in steps if not 0 <= t < n_train]
+        if bad:
+            raise ValueError(f"timestep(s) {bad} outside [0, {n_train}) of the scheduler")
+        self.check_image_size(extract.image_size)
+        positions = [self._positions(qs) for qs in queries]
+        if request.empty:
+            return [AttentionMaps({}, {}, list(qs), pos) for qs, pos in zip(queries, positions)]
+
+        latents = self.encode_images(images, extract, keys)
+        t = torch.tensor(steps, dtype=torch.long, device=self.device)
+        if extract.noise:
+            noise = torch.stack([_randn(latents.shape[1:], derive_seed(extract.seed, "noise", k)) for k in keys])
+            latents = self.scheduler.add_noise(latents.float(), noise.to(self.device), t)
+
+        counts = [len(qs) for qs in queries]
+        image_of_row = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
+        prompt_rows = torch.arange(int(image_of_row.numel()))
+        self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
+        embeddings = self.encode_prompts([q.text for qs in queries for q in qs])
+        with AttentionCapture(
+            self.unet, request, self_groups, self.chunk_size, cross_groups=prompt_rows,
+            n_groups=int(self_groups.max()) + 1, n_cross_groups=int(prompt_rows.numel()),
+        ) as capture:
+            for start in range(0, int(prompt_rows.numel()), self.max_batch):
+                rows = slice(start, start + self.max_batch)
+                capture.set_groups(self_groups[rows], prompt_rows[rows])
+                images_of_rows = image_of_row[rows].to(self.device)
+                self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows])
+        self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
+
+        out, first = [], 0
+        for i, qs in enumerate(queries):
+            prompts = slice(first, first + len(qs))
+            groups = prompts if extract.self_attn_per_prompt else slice(i, i + 1)
+            out.append(
+                AttentionMaps(
+                    {r: a[groups].clone() for r, a in self_maps.items()},
+                    {r: a[prompts].clone() for r, a in cross_maps.items()},
+                    list(qs),
+                    positions[i],
+                )
+            )
+            first += len(qs)
+        return out
+
+    @torch.no_grad()  # not inference_mode: results must stay ordinary tensors (in-place ops later)
+    def generate(
+        self,
+        queries: Sequence[PromptQuery],
+        request: AttentionRequest,
+        extract: ExtractionConfig,
+        seed: Optional[int] = None,
+    ) -> Tuple[List[torch.Tensor], List[AttentionMaps]]:
+        """One image per query, generated from noise with DDIM (``extract.steps``,
+        ``extract.guidance_scale``); attention of the conditional branch averaged over steps.
+
+        The initial noise of query i is seeded from (seed or extract.seed, i).
+        Returns (uint8 (3, S, S) images, one AttentionMaps per image with G = P = 1).
+        """
+        from diffusers import DDIMScheduler
+
+        self._check_common(request, extract)
+        side = self.check_image_size(extract.image_size)
+        seed = extract.seed if seed is None else int(seed)
+        guided = float(extract.guidance_scale) != 1.0
+        per_call = max(1, self.max_batch // (2 if guided else 1))
+        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        channels = int(self.unet.config.in_channels)
+        images: List[torch.Tensor] = []
+        maps: List[AttentionMaps] = []
+        for start in range(0, len(queries), per_call):
+            chunk = list(queries[start : start + per_call])
+            b = len(chunk)
+            latents = torch.stack([_randn((channels, side, side), derive_seed(seed, "generate", start + i)) for i in range(b)])
+            latents = latents.to(self.device) * scheduler.init_noise_sigma
+            embeddings = self.encode_prompts([q.text for q in chunk])
+            groups = torch.arange(b)
+            if guided:  # unconditional rows first, not captured
+                embeddings = torch.cat([self.encode_prompts([""] * b), embeddings])
+                groups = torch.cat([torch.full((b,), -1), groups])
+            scheduler.set_timesteps(extract.steps, device=self.device)
+            with AttentionCapture(self.unet, request, groups, self.chunk_size, cross_groups=groups) as capture:
+                for t in scheduler.timesteps:
+                    model_in = torch.cat([latents, latents]) if guided else latents
+                    model_in = scheduler.scale_model_input(model_in, t)
+                    eps = self._unet(model_in, t.expand(model_in.shape[0]), embeddings).float()
+                    if guided:
+                        eps_uncond, eps_cond = eps.chunk(2)
+                        eps = eps_uncond + extract.guidance_scale * (eps_cond - eps_uncond)
+                    latents = scheduler.step(eps, t, latents).prev_sample
+            self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
+            images.extend(self.decode_latents(latents))
+            for i, q in enumerate(chunk):
+                maps.append(
+                    AttentionMaps(
+                        {r: a[i : i + 1].clone() for r, a in self_maps.items()},
+                        {r: a[i : i + 1].clone() for r, a in cross_maps.items()},
+                        [q],
+                        self._positions([q]),
+                    )
+                )
+        return images, maps

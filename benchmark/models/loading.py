@@ -1,0 +1,206 @@
+"""Resolve ``ModelConfig.path`` to local files and load the five SD components.
+
+Order: a local folder is used as is; a hub id is looked up in the local Hugging Face
+cache (``HF_HUB_CACHE`` / ``HF_HOME``) without touching the network; only when it is not
+there, ``model.download=true`` and ``HF_HUB_OFFLINE`` is unset does it download (only the
+files of the five components). Otherwise loading fails at once, naming what was tried and
+how to provide the weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+import torch
+
+from benchmark.models.config import TINY_NAME, ModelConfig
+
+log = logging.getLogger(__name__)
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The weights of a configured model are not available locally."""
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE or bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_cache_dir() -> str:
+    """The HF hub cache, read from the environment at call time (not at import)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return os.path.join(home, "hub")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(path: str) -> bool:
+    """'org/name' (what the Hub accepts); anything else is a filesystem path."""
+    return bool(_HUB_ID.match(path))
+
+
+def weight_patterns(variant: Optional[str]) -> List[str]:
+    """Files of the five components (weights of one variant only)."""
+    suffix = f".{variant}" if variant else ""
+    return [
+        "model_index.json",
+        *(f"{c}/*.json" for c in COMPONENTS),
+        "tokenizer/*.txt",
+        f"unet/diffusion_pytorch_model{suffix}.safetensors",
+        f"vae/diffusion_pytorch_model{suffix}.safetensors",
+        f"text_encoder/model{suffix}.safetensors",
+    ]
+
+
+def _how_to_provide(repo_id: str, revision: Optional[str]) -> str:
+    includes = " ".join(f'"{p}"' for p in weight_patterns(None))
+    rev = f" --revision {revision}" if revision else ""
+    return (
+        f"Provide the weights in one of these ways:\n"
+        f"  * download them once into the HF cache: huggingface-cli download {repo_id}{rev} --include {includes}\n"
+        f"    (newer huggingface_hub: `hf download ...` with the same arguments);\n"
+        f"  * point model.path at a local diffusers folder (unet/ vae/ text_encoder/ tokenizer/ scheduler/): "
+        f"model.path=/local/folder;\n"
+        f"  * or allow a download now with model.download=true (needs network and HF_HUB_OFFLINE unset)."
+    )
+
+
+def resolve_model_path(cfg: ModelConfig) -> Tuple[Path, str]:
+    """(local folder, fingerprint) of a configured hub id or folder; never the network unless allowed."""
+    path = os.path.expanduser(str(cfg.path))
+    if os.path.isdir(path):
+        folder = Path(path).resolve()
+        missing = [c for c in COMPONENTS if not (folder / c).is_dir()]
+        if missing:
+            raise ModelNotFoundError(
+                f"model.path={cfg.path!r} is a folder but lacks the component folder(s) {missing}; expected a diffusers "
+                f"pipeline folder with {', '.join(c + '/' for c in COMPONENTS)}"
+            )
+        return folder, "local:" + fingerprint_folder(folder)
+    if not is_hub_id(cfg.path):
+        raise ModelNotFoundError(
+            f"model.path={cfg.path!r}: no such folder (and not a Hugging Face Hub id of the form 'org/name'). "
+            f"Set model.path to a diffusers folder with {', '.join(c + '/' for c in COMPONENTS)}."
+        )
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    cache = hub_cache_dir()
+    patterns = weight_patterns(cfg.variant)
+    try:
+        folder = snapshot_download(
+            cfg.path, revision=cfg.revision, cache_dir=cache, local_files_only=True, allow_patterns=patterns
+        )
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError) as err:
+        if not cfg.download or hub_offline():
+            reason = "HF_HUB_OFFLINE is set" if hub_offline() else "model.download is false"
+            raise ModelNotFoundError(
+                f"model {cfg.name!r}: hub id {cfg.path!r} (revision {cfg.revision or 'main'}) is not in the local "
+                f"Hugging Face cache {cache}, there is no local folder of that name, and {reason}.\n" + _how_to_provide(cfg.path, cfg.revision)
+            ) from err
+        log.info("downloading %s (revision %s) into %s", cfg.path, cfg.revision or "main", cache)
+        folder = snapshot_download(cfg.path, revision=cfg.revision, cache_dir=cache, allow_patterns=patterns)
+    folder = Path(folder)
+    commit = folder.name  # snapshots/<commit hash>
+    return folder, f"{cfg.path}@{commit}"
+
+
+def fingerprint_folder(folder: Path, full_hash_limit: int = 64 << 20, samples: int = 16, block: int = 1 << 20) -> str:
+    """Content hash of a diffusers folder's components.
+
+    Files up to ``full_hash_limit`` bytes (configs, tokenizer, small weights) are hashed
+    whole; larger weight files by their size and ``samples`` evenly spaced 1 MiB blocks,
+    which tells apart any two checkpoints in practice at a fraction of the cost of
+    hashing gigabytes. Paths are relative, so a moved folder keeps its fingerprint.
+    """
+    digest = hashlib.sha256()
+    files = sorted(p for c in COMPONENTS for p in (folder / c).rglob("*") if p.is_file())
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{file.relative_to(folder).as_posix()}:{size}\n".encode())
+        with open(file, "rb") as handle:
+            if size <= full_hash_limit:
+                digest.update(handle.read())
+                continue
+            for i in range(samples):
+                handle.seek((size - block) * i // (samples - 1))
+                digest.update(handle.read(block))
+    return digest.hexdigest()[:16]
+
+
+def fingerprint_modules(*modules: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer (used for the tiny model built in code)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_components(folder: Path, cfg: ModelConfig) -> dict:
+    """The five components from a local diffusers folder (local files only)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    dtype = cfg.torch_dtype
+    common = dict(local_files_only=True)
+    try:
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", torch_dtype=dtype, variant=cfg.variant, **common)
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", torch_dtype=dtype, variant=cfg.variant, **common)
+        text_encoder = CLIPTextModel.from_pretrained(
+            folder, subfolder="text_encoder", torch_dtype=dtype, variant=cfg.variant, **common
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer", **common)
+        # DDIM: the schedule (betas) comes from the folder's config whatever class it names;
+        # add_noise is the same for every DDPM-family scheduler and DDIM is the generator
+        scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **common)
+    except (OSError, ValueError) as err:
+        raise ModelNotFoundError(
+            f"model {cfg.name!r}: could not load the components from {folder} "
+            f"(variant {cfg.variant or 'none'}): {err}"
+        ) from err
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def load_model(cfg: ModelConfig):
+    """A ``DiffusionModel`` for ``cfg`` (the tiny SD when ``cfg.path`` is None)."""
+    from benchmark.models.diffusion import DiffusionModel
+    from benchmark.models.tiny import TINY_VERSION, build_tiny_components
+
+    if not isinstance(cfg, ModelConfig):
+        raise TypeError(f"load_model expects a ModelConfig, got {type(cfg).__name__}")
+    if cfg.path is None:
+        if cfg.name != TINY_NAME:  # ModelConfig already refuses this; keep the guard for hand-built objects
+            raise ValueError(f"model.path is null for model {cfg.name!r}")
+        components = build_tiny_components(cfg.seed)
+        fingerprint = f"tiny-v{TINY_VERSION}:" + fingerprint_modules(
+            components["unet"], components["vae"], components["text_encoder"]
+        )
+        model_id = f"{TINY_NAME} (random weights, seed {cfg.seed})"
+    else:
+        folder, fingerprint = resolve_model_path(cfg)
+        components = load_components(folder, cfg)
+        model_id = cfg.path if fingerprint.startswith(f"{cfg.path}@") else str(folder)
+    return DiffusionModel(
+        **components,
+        device=cfg.torch_device(),
+        dtype=cfg.torch_dtype,
+        model_id=model_id,
+        fingerprint=fingerprint,
+        chunk_size=cfg.chunk_size,
+        max_batch=cfg.max_batch,
+    )

@@ -1,0 +1,211 @@
+"""A tiny Stable-Diffusion-shaped model with random weights, built in code in ~0.1 s.
+
+Same module names and attention layout as SD 1.x/2.x (16 transformer blocks: 5/5/5/1
+self-attention layers at latent/1, /2, /4, /8), so every capture code path is the real
+one. Its numbers are pipeline checks, never results.
+
+The tokenizer is a byte-level BPE ``CLIPTokenizer`` whose vocabulary is built here: the
+two specials, the 256 byte symbols and their end-of-word forms, plus merges that turn
+each word of ``TINY_WORDS`` (class names of VOC, COCO, Cityscapes, COCO-Stuff and the
+prompt templates' words) into ONE token. Any other word falls back to several byte-level
+tokens, e.g. ``MULTI_TOKEN_EXAMPLES`` - which is what tests of multi-token names need.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+import torch
+
+_VOC = (
+    "background aeroplane bicycle bird boat bottle bus car cat chair cow dining table dog horse "
+    "motorbike person potted plant sheep sofa train tv monitor"
+)
+_COCO = (
+    "motorcycle airplane truck traffic light fire hydrant stop sign parking meter bench elephant bear "
+    "zebra giraffe backpack umbrella handbag tie suitcase frisbee skis snowboard sports ball kite "
+    "baseball bat glove skateboard surfboard tennis racket wine glass cup fork knife spoon bowl banana "
+    "apple sandwich orange broccoli carrot hot pizza donut cake couch bed toilet laptop mouse remote "
+    "keyboard cell phone microwave oven toaster sink refrigerator book clock vase scissors teddy hair "
+    "drier toothbrush"
+)
+_CITYSCAPES = "road sidewalk building wall fence pole vegetation terrain sky rider"
+_COCO_STUFF = (
+    "electronic appliance food furniture indoor kitchen accessory animal outdoor vehicle ceiling floor "
+    "textile window ground solid structure water stuff things"
+)
+_TEMPLATES = "a an the of photo photograph photography picture image"
+#: words that become a single token in the tiny tokenizer
+TINY_WORDS: Tuple[str, ...] = tuple(dict.fromkeys(" ".join((_VOC, _COCO, _CITYSCAPES, _COCO_STUFF, _TEMPLATES)).split()))
+#: class-name spellings (e.g. VOC's file-list forms) that stay several tokens
+MULTI_TOKEN_EXAMPLES: Tuple[str, ...] = ("pottedplant", "tvmonitor", "diningtable")
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+END_OF_WORD = "</w>"
+MAX_LENGTH = 77
+#: bump when the tiny architecture or vocabulary changes (part of the model fingerprint)
+TINY_VERSION = "1"
+
+
+def bytes_to_unicode() -> Dict[int, str]:
+    """GPT-2/CLIP byte -> printable-character table (what the ByteLevel pre-tokenizer emits)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes)))
+
+
+def _symbols(word: str, table: Dict[int, str]) -> List[str]:
+    chars = [table[b] for b in word.encode("utf-8")]
+    return chars[:-1] + [chars[-1] + END_OF_WORD]
+
+
+def _apply_bpe(symbols: List[str], ranks: Dict[Tuple[str, str], int]) -> List[str]:
+    """CLIP's BPE: repeatedly merge the adjacent pair of lowest rank."""
+    symbols = list(symbols)
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), None), i) for i, (a, b) in enumerate(zip(symbols, symbols[1:]))]
+        candidates = [(rank, i) for rank, i in pairs if rank is not None]
+        if not candidates:
+            break
+        best = min(candidates)[0]
+        pair = next((symbols[i], symbols[i + 1]) for rank, i in candidates if rank == best)
+        merged, i = [], 0
+        while i < len(symbols):
+            if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+                merged.append(symbols[i] + symbols[i + 1])
+                i += 2
+            else:
+                merged.append(symbols[i])
+                i += 1
+        symbols = merged
+    return symbols
+
+
+def plan_merges(words: Iterable[str]) -> List[Tuple[str, str]]:
+    """Merges (in rank order) that make every word one token.
+
+    A word may not reach one token through its own left-to-right merges when an earlier
+    merge of another word splits it differently; the loop then appends merges of the
+    pieces it does reach. Appended merges rank after every existing one, so words already
+    whole keep their derivation and the loop ends.
+    """
+    table = bytes_to_unicode()
+    merges: List[Tuple[str, str]] = []
+    ranks: Dict[Tuple[str, str], int] = {}
+    pending = [w.lower() for w in words]
+    while pending:
+        for word in pending:
+            pieces = _apply_bpe(_symbols(word, table), ranks)
+            while len(pieces) > 1:
+                pair = (pieces[0], pieces[1])
+                if pair not in ranks:
+                    ranks[pair] = len(merges)
+                    merges.append(pair)
+                pieces = [pieces[0] + pieces[1]] + pieces[2:]
+        pending = [w for w in pending if len(_apply_bpe(_symbols(w, table), ranks)) != 1]
+    return merges
+
+
+def build_tiny_vocab(words: Sequence[str] = TINY_WORDS) -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
+    table = bytes_to_unicode()
+    byte_symbols = [table[b] for b in range(256)]
+    tokens = [BOS, EOS] + byte_symbols + [s + END_OF_WORD for s in byte_symbols]
+    merges = plan_merges(words)
+    tokens += [a + b for a, b in merges]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
+    return vocab, merges
+
+
+def build_tiny_tokenizer(words: Sequence[str] = TINY_WORDS):
+    from transformers import CLIPTokenizer
+
+    vocab, merges = build_tiny_vocab(words)
+    # transformers 5: vocab_file=/merges_file= are silently ignored; pass the objects
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_LENGTH)
+
+
+def tiny_unet_config() -> dict:
+    return dict(
+        sample_size=64,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=(32, 64, 64, 64),
+        layers_per_block=2,  # 2 -> the 16 transformer blocks of SD (1 would give 10)
+        attention_head_dim=(2, 4, 4, 4),  # number of heads in this UNet class
+        cross_attention_dim=32,
+        use_linear_projection=True,
+        norm_num_groups=32,
+    )
+
+
+def build_tiny_components(seed: int = 0) -> dict:
+    """unet, vae, text_encoder, tokenizer, scheduler of the tiny SD (random, seeded weights)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = build_tiny_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = UNet2DConditionModel(**tiny_unet_config())
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=512,
+        )
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=MAX_LENGTH,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+    finally:  # building the tiny model must not disturb the caller's random stream
+        torch.random.set_rng_state(generator_state)
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for module in (unet, vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+
+
+def save_components(components: dict, folder: str | os.PathLike) -> Path:
+    """Write components in the diffusers pipeline layout (one subfolder each)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        components[name].save_pretrained(folder / name)
+    return folder
+
+
+def save_tiny(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Save the tiny SD as a diffusers folder loadable with ``model.path=<folder>``."""
+    return save_components(build_tiny_components(seed), folder)

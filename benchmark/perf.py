@@ -1,0 +1,171 @@
+"""Performance figures of the harness' expensive parts.
+
+    python -m benchmark.perf capture [--arch sd2_base|sd14] [--size 64] [--repeats 3]
+
+``capture`` builds a full-size random-weight UNet (architecture written in code, no
+download) and runs one UNet pass on the same inputs three ways: plain (fused SDPA
+everywhere), capturing all 16 self-attention layers (64/32/16/8 for a 64x64 latent), and
+capturing the cross-attention of all 16 layers for one prompt.
+
+* Memory: each variant runs once in its own subprocess, so its peak RSS (``ru_maxrss``)
+  is its own (model + inputs + one pass), not a high-water mark left by another variant.
+* Time: one process times the variants interleaved (plain, self, cross, plain, ...) for
+  ``--repeats`` rounds after a warm-up round, so a load change on a shared machine hits
+  all variants alike; the ratio uses the minimum per variant (the least disturbed pass),
+  medians are printed too.
+* The captured outputs are compared with the plain one.
+
+Last two lines (machine-readable): ``capture_overhead_ratio=<self capture / plain>`` and
+``peak_rss_mb=<peak RSS of the self-capture variant>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+
+VARIANTS = ("plain", "self16", "cross")
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _peak_rss_mb() -> float:
+    # Linux reports ru_maxrss in KiB, macOS in bytes
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+
+
+def _setup(arch: str, size: int, chunk_size: int):
+    """The UNet, its fixed inputs and one pass function per variant."""
+    import torch
+
+    from benchmark.attention.capture import AttentionCapture
+    from benchmark.models.architectures import UNET_CONFIGS, build_random_unet
+    from benchmark.types import AttentionRequest
+
+    unet = build_random_unet(arch)
+    g = torch.Generator().manual_seed(1)
+    latents = torch.randn(1, 4, size, size, generator=g)
+    context = torch.randn(1, 77, UNET_CONFIGS[arch]["cross_attention_dim"], generator=g)
+    t = torch.tensor([300])
+    sides = tuple(size >> i for i in range(4))
+    requests = {
+        "plain": None,
+        "self16": AttentionRequest(self_resolutions=sides),
+        "cross": AttentionRequest(cross_resolutions=sides),
+    }
+
+    def make_pass(request):
+        def one_pass():
+            scope = nullcontext() if request is None else AttentionCapture(unet, request, [0], chunk_size)
+            with scope as capture, torch.inference_mode():
+                out = unet(latents, t, encoder_hidden_states=context).sample
+            if capture is not None:
+                maps = capture.self_attention() or capture.cross_attention()
+                assert sorted(maps) == sorted(sides), sorted(maps)
+            return out
+
+        return one_pass
+
+    return {name: make_pass(request) for name, request in requests.items()}
+
+
+def memory_of_variant(arch: str, size: int, chunk_size: int, variant: str, out_path: str) -> dict:
+    """Run in a fresh process: peak RSS of building the model and one pass of ``variant``."""
+    import torch
+
+    passes = _setup(arch, size, chunk_size)
+    rss_built = _rss_mb()
+    torch.save(passes[variant](), out_path)
+    return {"variant": variant, "rss_after_build_mb": rss_built, "peak_rss_mb": _peak_rss_mb()}
+
+
+def time_variants(arch: str, size: int, chunk_size: int, repeats: int) -> dict:
+    import torch
+
+    passes = _setup(arch, size, chunk_size)
+    times = {v: [] for v in VARIANTS}
+    for round_ in range(repeats + 1):  # round 0 warms up allocators and kernels
+        for variant in VARIANTS:
+            start = time.perf_counter()
+            passes[variant]()
+            if round_:
+                times[variant].append(time.perf_counter() - start)
+    return {"times": times, "threads": torch.get_num_threads()}
+
+
+def capture_benchmark(args: argparse.Namespace) -> None:
+    import torch
+
+    memory, outputs = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in VARIANTS:
+            out_path = os.path.join(tmp, f"{variant}.pt")
+            cmd = [
+                sys.executable, "-m", "benchmark.perf", "_memory", variant, "--arch", args.arch,
+                "--size", str(args.size), "--chunk-size", str(args.chunk_size), "--out", out_path,
+            ]
+            print(f"[memory] {variant}: one pass in a fresh process ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.stderr.write(proc.stdout + proc.stderr)
+                raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
+            memory[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
+            outputs[variant] = torch.load(out_path)
+    print(f"[time] {args.repeats} interleaved rounds after a warm-up ...", flush=True)
+    timing = time_variants(args.arch, args.size, args.chunk_size, args.repeats)
+    best = {v: min(ts) for v, ts in timing["times"].items()}
+    print(f"UNet {args.arch}, latent {args.size}x{args.size}, fp32, batch 1, chunk {args.chunk_size}, "
+          f"{timing['threads']} threads, {args.repeats} timed passes per variant")
+    print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'peak RSS MB':>12s} {'RSS ratio':>9s} "
+          f"{'pass +MB':>9s} {'max|dout|':>10s}")
+    plain_mem = memory["plain"]["peak_rss_mb"]
+    for variant in VARIANTS:
+        m = memory[variant]
+        diff = (outputs[variant] - outputs["plain"]).abs().max().item()
+        print(f"{variant:8s} {best[variant]:7.2f} {statistics.median(timing['times'][variant]):9.2f} "
+              f"{best[variant] / best['plain']:6.3f} {m['peak_rss_mb']:12.0f} {m['peak_rss_mb'] / plain_mem:9.3f} "
+              f"{m['peak_rss_mb'] - m['rss_after_build_mb']:9.0f} {diff:10.2e}")
+    print("(pass +MB = peak RSS minus RSS after building the model: what the pass itself adds)")
+    print(f"cross_capture_overhead_ratio={best['cross'] / best['plain']:.3f}")
+    print(f"peak_rss_ratio={memory['self16']['peak_rss_mb'] / plain_mem:.3f}")
+    print(f"capture_overhead_ratio={best['self16'] / best['plain']:.3f}")
+    print(f"peak_rss_mb={memory['self16']['peak_rss_mb']:.0f}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    cap = sub.add_parser("capture", help="attention capture overhead on a full-size random-weight UNet")
+    child = sub.add_parser("_memory", help=argparse.SUPPRESS)
+    child.add_argument("variant", choices=VARIANTS)
+    child.add_argument("--out", required=True)
+    cap.add_argument("--repeats", type=int, default=3, help="timed passes per variant")
+    for p in (cap, child):
+        p.add_argument("--arch", default="sd2_base", choices=("sd2_base", "sd14"))
+        p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px images)")
+        p.add_argument("--chunk-size", type=int, default=512, help="query rows per capture chunk")
+    args = parser.parse_args(argv)
+    if args.size % 8:
+        parser.error(f"--size {args.size}: must be a multiple of 8")
+    if args.command == "capture":
+        capture_benchmark(args)
+    else:
+        print(json.dumps(memory_of_variant(args.arch, args.size, args.chunk_size, args.variant, args.out)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Per-image count records: append-only while running, one tidy table at the end.
+
+While a run is going, every finished image appends one JSON line (all grid points of the
+image) to ``records.<rank>.jsonl`` and flushes it, so a killed run loses at most the image
+in flight; a truncated last line is ignored on resume. At the end the records become
+``per_image.parquet``: one row per (configuration, image) with the metric's count arrays
+stored sparsely (flat index + value), from which every total can be recomputed exactly.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+log = logging.getLogger("benchmark.records")
+
+HEADER_KIND = "header"
+IMAGE_KIND = "image"
+
+
+def sparse(arr: np.ndarray) -> Tuple[List[int], List[int]]:
+    flat = np.asarray(arr, dtype=np.int64).ravel()
+    idx = np.flatnonzero(flat)
+    return idx.tolist(), flat[idx].tolist()
+
+
+def dense(idx: Sequence[int], val: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    out = np.zeros(int(np.prod(shape)) if len(shape) else 1, dtype=np.int64)
+    if len(idx):
+        np.add.at(out, np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.int64))
+    return out.reshape(tuple(shape))
+
+
+@dataclass
+class ImageRecord:
+    image_id: str
+    #: "ok" or "skipped" (unreadable input with dataset.on_error=skip)
+    status: str
+    #: UNet evaluations spent on this image (0 when its attention came from the cache)
+    passes: int = 0
+    #: per grid point: {state name: (idx, val)}
+    counts: List[Dict[str, Tuple[List[int], List[int]]]] = field(default_factory=list)
+    reason: Optional[str] = None
+    #: per grid point: number of segments/classes predicted (diagnostics)
+    n_pred: List[int] = field(default_factory=list)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "kind": IMAGE_KIND,
+            "image_id": self.image_id,
+            "status": self.status,
+            "passes": self.passes,
+            "reason": self.reason,
+            "n_pred": self.n_pred,
+            "counts": [{k: [list(i), list(v)] for k, (i, v) in point.items()} for point in self.counts],
+        }
+
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> "ImageRecord":
+        return cls(
+            image_id=row["image_id"],
+            status=row["status"],
+            passes=int(row.get("passes", 0)),
+            reason=row.get("reason"),
+            n_pred=list(row.get("n_pred", [])),
+            counts=[{k: (iv[0], iv[1]) for k, iv in point.items()} for point in row.get("counts", [])],
+        )
+
+
+class RunMismatchError(RuntimeError):
+    """The run directory holds records of a different configuration."""
+
+
+class RecordStore:
+    """Append-only per-image records of one process (rank) in a run directory."""
+
+    def __init__(self, run_dir: Path, fingerprint: Dict[str, Any], rank: int = 0):
+        self.run_dir = Path(run_dir)
+        self.fingerprint = fingerprint
+        self.path = self.run_dir / f"records.rank{rank}.jsonl"
+        self._fh = None
+
+    # -- reading ---------------------------------------------------------------------------
+    @staticmethod
+    def _read_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord]]:
+        header, records = None, {}
+        with open(path, "r", encoding="utf-8") as fh:
+            lines = fh.read().split("\n")
+        for n, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                if n >= len(lines) - 2:  # the line in flight when the run was killed
+                    log.warning("ignoring a truncated last record in %s (recomputed)", path)
+                    continue
+                raise RuntimeError(f"corrupt record at line {n + 1} of {path}; move the file away to recompute")
+            if row.get("kind") == HEADER_KIND:
+                header = row["fingerprint"]
+            else:
+                rec = ImageRecord.from_json(row)
+                records[rec.image_id] = rec
+        return header, records
+
+    def load_all(self) -> Dict[str, ImageRecord]:
+        """Records of every rank file in the run directory, checked against the fingerprint."""
+        records: Dict[str, ImageRecord] = {}
+        for path in sorted(self.run_dir.glob("records.rank*.jsonl")):
+            header, recs = self._read_file(path)
+            if header is not None and header != self.fingerprint:
+                diff = sorted(k for k in set(header) | set(self.fingerprint) if header.get(k) != self.fingerprint.get(k))
+                raise RunMismatchError(
+                    f"{path} holds records of a different configuration (differs in: {', '.join(diff)}). "
+                    "Use another hydra.run.dir, or run.resume=false to move the old records aside."
+                )
+            records.update(recs)
+        return records
+
+    # -- writing ---------------------------------------------------------------------------
+    def open(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            self._repair_tail()
+        self._fh = open(self.path, "a", encoding="utf-8")
+        if new:
+            self._write({"kind": HEADER_KIND, "fingerprint": self.fingerprint})
+
+    def _repair_tail(self) -> None:
+        """Cut a partial last line so appended records start on a line of their own."""
+        with open(self.path, "rb+") as fh:
+            data = fh.read()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                fh.seek(cut)
+                fh.truncate()
+
+    def _write(self, row: Dict[str, Any]) -> None:
+        assert self._fh is not None, "RecordStore.open() first"
+        self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def append(self, record: ImageRecord) -> None:
+        self._write(record.to_json())
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def move_aside(self) -> Optional[Path]:
+        """run.resume=false: keep old records under a new name instead of deleting them."""
+        paths = sorted(self.run_dir.glob("records.rank*.jsonl"))
+        if not paths:
+            return None
+        n = 0
+        while (self.run_dir / f"old_records.{n}").exists():
+            n += 1
+        dest = self.run_dir / f"old_records.{n}"
+        dest.mkdir()
+        for p in paths:
+            p.rename(dest / p.name)
+        log.warning("run.resume=false: moved %d earlier record file(s) to %s", len(paths), dest)
+        return dest
+
+
+def sum_counts(
+    records: Iterable[ImageRecord], n_points: int, shapes: Mapping[str, Sequence[int]]
+) -> List[Dict[str, np.ndarray]]:
+    """Dataset state per grid point: the sum of the per-image count records."""
+    totals = [{k: np.zeros(tuple(s), dtype=np.int64) for k, s in shapes.items()} for _ in range(n_points)]
+    for rec in records:
+        if rec.status != "ok":
+            continue
+        for point, counts in zip(totals, rec.counts):
+            for key, (idx, val) in counts.items():
+                if len(idx):
+                    np.add.at(point[key].reshape(-1), np.asarray(idx, dtype=np.int64), np.asarray(val, dtype=np.int64))
+    return totals
+
+
+def to_frame(records: Sequence[ImageRecord], points_params: Sequence[Dict[str, Any]]):
+    """One row per (configuration, image): the content of per_image.parquet."""
+    import pandas as pd
+
+    rows = []
+    for rec in sorted(records, key=lambda r: r.image_id):
+        if rec.status != "ok":
+            rows.append(
+                {"config": -1, "params": None, "image_id": rec.image_id, "status": rec.status,
+                 "reason": rec.reason, "passes": rec.passes, "n_pred": None}
+            )
+            continue
+        for j, counts in enumerate(rec.counts):
+            row = {
+                "config": j,
+                "params": json.dumps(points_params[j], sort_keys=True),
+                "image_id": rec.image_id,
+                "status": rec.status,
+                "reason": None,
+                "passes": rec.passes if j == 0 else 0,  # passes are shared by all configurations
+                "n_pred": rec.n_pred[j] if j < len(rec.n_pred) else None,
+            }
+            for key, (idx, val) in counts.items():
+                row[f"{key}.idx"] = list(idx)
+                row[f"{key}.val"] = list(val)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def from_frame(frame) -> Tuple[List[ImageRecord], List[Dict[str, Any]]]:
+    """Inverse of :func:`to_frame` (for ``benchmark.report`` and tests)."""
+    keys = sorted({c[: -len(".idx")] for c in frame.columns if c.endswith(".idx")})
+    by_image: Dict[str, ImageRecord] = {}
+    params: Dict[int, Dict[str, Any]] = {}
+    for row in frame.sort_values(["image_id", "config"]).to_dict("records"):
+        image_id = row["image_id"]
+        if row["status"] != "ok":
+            by_image[image_id] = ImageRecord(image_id, row["status"], int(row["passes"]), reason=row["reason"])
+            continue
+        rec = by_image.setdefault(image_id, ImageRecord(image_id, "ok", 0))
+        rec.passes += int(row["passes"])
+        j = int(row["config"])
+        params[j] = json.loads(row["params"])
+        rec.counts.append({k: (list(row[f"{k}.idx"]), list(row[f"{k}.val"])) for k in keys})
+        if row.get("n_pred") is not None and row["n_pred"] == row["n_pred"]:
+            rec.n_pred.append(int(row["n_pred"]))
+    return list(by_image.values()), [params[j] for j in sorted(params)]

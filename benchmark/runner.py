@@ -1,0 +1,376 @@
+"""The run loop: the only place that knows the order of things.
+
+dataset -> (cache | one diffusion pass per image) -> method x every in-run grid point ->
+metric counts -> per-image records -> totals -> metrics.json, per_image.parquet, tables,
+logger. Re-running into the same directory resumes from the records already written.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark import distributed
+from benchmark.config import Validated, json_safe, params_dict, validate
+from benchmark.provenance import now_iso, provenance
+from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
+from benchmark.tables import published_numbers, write_tables
+from benchmark.types import AttentionMaps, Sample, SegmentContext
+
+log = logging.getLogger("benchmark")
+
+RANDOM_WEIGHT_MODELS = ("tiny",)
+
+
+@dataclass
+class Example:
+    """A qualitative example kept for loggers and reports (first grid point)."""
+
+    image_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    pred: torch.Tensor
+
+
+@dataclass
+class RunOutcome:
+    payload: Dict[str, Any]
+    run_dir: Path
+    examples: List[Example] = field(default_factory=list)
+    #: UNet evaluations run by this invocation (0 when everything was resumed or cached)
+    passes_this_run: int = 0
+
+
+def save_example(out_dir: Path, ex: Example) -> None:
+    """image / label / prediction PNGs for reports (ids kept as values, mod 256)."""
+    from PIL import Image
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(ex.image.permute(1, 2, 0).cpu().numpy()).save(out_dir / f"{ex.image_id}_image.png")
+    for name, arr in (("label", ex.label), ("pred", ex.pred)):
+        Image.fromarray((arr.cpu().numpy() % 256).astype(np.uint8), mode="L").save(out_dir / f"{ex.image_id}_{name}.png")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def fingerprint(v: Validated) -> Dict[str, Any]:
+    """Everything that changes per-image numbers (not which images, workers or logging)."""
+    dataset = {k: val for k, val in dataclasses.asdict(v.dataset).items() if k not in ("limit", "ids", "num_workers", "on_error")}
+    model = dataclasses.asdict(v.model) if dataclasses.is_dataclass(v.model) else dict(v.model or {})
+    model = {k: val for k, val in model.items() if k not in ("device", "chunk_size")}
+    return json_safe({
+        "dataset": dataset,
+        "model": model if v.method.cls.needs_diffusion else None,
+        "method": {
+            "name": v.method.name,
+            "extract": dataclasses.asdict(v.method.extract),
+            "settings": dataclasses.asdict(v.method.settings),
+            "points": [params_dict(p) for p in v.method.points],
+        },
+        "metric": {"name": v.metric.name, "params": dataclasses.asdict(v.metric.params)},
+    })
+
+
+def passes_for(n_prompts: int, extract: Any) -> int:
+    """UNet evaluations for one image: prompts x steps (x2 with classifier-free guidance)."""
+    cfg_factor = 2 if float(extract.guidance_scale) != 1.0 else 1
+    return int(n_prompts) * int(extract.steps) * cfg_factor
+
+
+class Runner:
+    def __init__(self, cfg: DictConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.rank, self.world_size, _ = distributed.world()
+        self.v = validate(cfg)  # fails before any work on a bad config
+
+    # -- building blocks -----------------------------------------------------------------
+    def _build(self):
+        from benchmark.data import build_dataset
+        from benchmark.metrics import get_metric  # noqa: F401  (validated already)
+
+        v = self.v
+        self.dataset = build_dataset(v.dataset)
+        self.method = v.method.cls(settings=v.method.settings, extract=v.method.extract)
+        self.metric = v.metric.cls(
+            num_classes=self.dataset.num_classes,
+            class_names=self.dataset.class_names,
+            ignore_index=self.dataset.ignore_index,
+            params=v.metric.params,
+        )
+        if getattr(v.method.settings, "candidates", None) == "clip":
+            self._clip_filter()  # loads CLIP (and the captioner) now: fail at start if absent
+        self.request = None
+        if self.method.needs_diffusion:
+            request = None
+            for p in v.method.points:
+                r = self.method.attention_request(p)
+                request = r if request is None else request.union(r)
+            self.request = request
+
+    def _context(self, sample: Sample) -> SegmentContext:
+        label = sample.label
+        valid = label[label != self.dataset.ignore_index]
+        ctx = SegmentContext(
+            image_id=sample.image_id,
+            out_size=(int(label.shape[-2]), int(label.shape[-1])),
+            class_names=self.dataset.class_names,
+            n_gt_classes=int(torch.unique(valid).numel()),
+            image=sample.image,
+        )
+        settings = self.v.method.settings
+        mode = getattr(settings, "candidates", None)
+        if mode == "clip":
+            ctx.candidates, ctx.caption = self._clip_filter()(sample.image, self.dataset.class_names)
+        elif mode is not None:
+            from benchmark.candidates import resolve_candidates
+
+            ctx.candidates, ctx.caption = resolve_candidates(
+                mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
+                getattr(settings, "candidates_file", None),
+            )
+        if self.v.method.name == "predictions":
+            from benchmark.prediction_files import load_prediction
+
+            if not settings.dir:
+                from benchmark.config import ConfigError
+
+                raise ConfigError("method=predictions needs method.dir=DIR (a folder of <image_id>.png label maps)")
+            ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
+        return ctx
+
+    def _clip_filter(self):
+        """The CLIP(+captioner) candidate filter, built once (it loads models)."""
+        if getattr(self, "_filter", None) is None:
+            from benchmark.clip_filter import ClipCandidateFilter
+
+            self._filter = ClipCandidateFilter(self.v.method.settings)
+        return self._filter
+
+    # -- the loop --------------------------------------------------------------------------
+    def run(self) -> RunOutcome:
+        started = now_iso()
+        v = self.v
+        seed_everything(v.run.seed)
+        self._build()
+        fp = fingerprint(v)
+        store = RecordStore(self.run_dir, fp, rank=self.rank)
+        if not v.run.resume:
+            store.move_aside()
+        done = store.load_all() if v.run.resume else {}
+        ids = list(self.dataset.ids)
+        mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
+        todo = [i for i in mine if ids[i] not in done]
+        if done:
+            log.info("resuming: %d of %d images already recorded in %s", len(ids) - len(todo), len(ids), self.run_dir)
+
+        model = cache = None
+        if todo and self.method.needs_diffusion:
+            from benchmark.models import load_model
+
+            model = load_model(v.model)
+            if v.cache.dir:
+                from benchmark.attention.cache import AttentionCache
+
+                cache = AttentionCache(v.cache.dir, dtype=v.cache.dtype)
+
+        examples: List[Example] = []
+        passes_this_run = 0
+        store.open()
+        try:
+            passes_this_run = self._loop(todo, model, cache, store, examples)
+        finally:
+            store.close()
+
+        # exact reduction: rank 0 gathers every rank's integer per-image records
+        mine_done = {k: r.to_json() for k, r in store.load_all().items() if k in {ids[i] for i in mine}}
+        gathered = distributed.gather_objects(mine_done)
+        passes_all = distributed.gather_objects(passes_this_run)
+        payload: Dict[str, Any] = {}
+        if self.rank == 0:
+            records = dict(done)
+            for part in gathered:
+                records.update({k: ImageRecord.from_json(r) for k, r in part.items()})
+            passes_this_run = int(sum(passes_all))
+            payload = self._finalize(records, started, model, passes_this_run)
+        payload = distributed.broadcast_object(payload)
+        return RunOutcome(payload=payload, run_dir=self.run_dir, examples=examples, passes_this_run=passes_this_run)
+
+    def _loop(self, todo: Sequence[int], model, cache, store: RecordStore, examples: List[Example]) -> int:
+        from benchmark.data import SkippedSample, make_loader
+
+        v = self.v
+        loader = make_loader(self.dataset, list(todo), v.run.batch_size, getattr(v.dataset, "num_workers", 0))
+        bar = None
+        if v.run.progress and todo:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(todo), unit="img", desc=f"{v.method.name}/{v.dataset.name}", dynamic_ncols=True)
+        passes_total = 0
+        try:
+            for batch in loader:
+                samples = []
+                for item in batch:
+                    if isinstance(item, SkippedSample):
+                        store.append(ImageRecord(item.image_id, "skipped", reason=item.reason))
+                        log.warning("skipped image %s: %s", item.image_id, item.reason)
+                    else:
+                        samples.append(item)
+                contexts = [self._context(s) for s in samples]
+                maps, passes = self._attention(samples, contexts, model, cache)
+                passes_total += sum(passes)
+                for sample, ctx, attn, n_passes in zip(samples, contexts, maps, passes):
+                    store.append(self._score(sample, ctx, attn, n_passes, examples))
+                if bar is not None:
+                    bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return passes_total
+
+    def _attention(self, samples, contexts, model, cache):
+        """Attention of each sample: from the cache, or from one batched diffusion pass."""
+        if not self.method.needs_diffusion or not samples:
+            return [None] * len(samples), [0] * len(samples)
+        extract = self.v.method.extract
+        queries = [self.method.queries(ctx) for ctx in contexts]
+        maps: List[Optional[AttentionMaps]] = [None] * len(samples)
+        keys: List[Optional[str]] = [None] * len(samples)
+        if cache is not None:
+            for i, (s, q) in enumerate(zip(samples, queries)):
+                keys[i] = cache.key(
+                    model=model.fingerprint, dtype=str(model.dtype), extract=dataclasses.asdict(extract),
+                    request=dataclasses.asdict(self.request), prompts=[dataclasses.asdict(x) for x in q],
+                    image_id=s.image_id,
+                )
+                maps[i] = cache.load(keys[i])
+        missing = [i for i, m in enumerate(maps) if m is None]
+        passes = [0] * len(samples)
+        if missing:
+            fresh = model.capture([samples[i].image for i in missing], [queries[i] for i in missing], self.request, extract)
+            for i, m in zip(missing, fresh):
+                maps[i] = m
+                passes[i] = passes_for(len(queries[i]), extract)
+                if cache is not None:
+                    cache.save(keys[i], m)
+        return maps, passes
+
+    def _score(self, sample: Sample, ctx: SegmentContext, attn, n_passes: int, examples: List[Example]) -> ImageRecord:
+        record = ImageRecord(sample.image_id, "ok", passes=n_passes)
+        for j, params in enumerate(self.v.method.points):
+            pred = self.method.segment(attn, ctx, params)
+            if tuple(pred.shape[-2:]) != ctx.out_size:
+                raise RuntimeError(
+                    f"method {self.v.method.name} returned a {tuple(pred.shape)} label map for image {sample.image_id}; "
+                    f"expected {ctx.out_size}"
+                )
+            pred = pred.to("cpu")
+            counts = self.metric.counts(pred, sample.label, sample.image_id)
+            record.counts.append({k: sparse(a) for k, a in counts.items()})
+            record.n_pred.append(int(torch.unique(pred).numel()))
+            if j == 0 and len(examples) < self.v.run.n_examples:
+                example = Example(sample.image_id, sample.image, sample.label, pred)
+                examples.append(example)
+                if self.rank == 0:
+                    save_example(self.run_dir / "examples", example)
+        return record
+
+    # -- results -----------------------------------------------------------------------------
+    def _finalize(self, records: Dict[str, ImageRecord], started: str, model, passes_now: int) -> Dict[str, Any]:
+        v = self.v
+        wanted = set(self.dataset.ids)
+        recs = [r for r in records.values() if r.image_id in wanted]
+        ok = [r for r in recs if r.status == "ok"]
+        shapes = self.metric.state_shapes()
+        totals = sum_counts(ok, len(v.method.points), shapes)
+        points = [params_dict(p) for p in v.method.points]
+        results = []
+        for params, state in zip(points, totals):
+            results.append({"params": params, "metrics": json_safe(self.metric.compute(state))})
+        model_name = getattr(v.model, "name", None) or "none"
+        payload: Dict[str, Any] = {
+            "method": v.method.name,
+            "dataset": v.dataset.name,
+            "model": model_name if self.method.needs_diffusion else "none",
+            "metric": v.metric.name,
+            "metric_params": json_safe(dataclasses.asdict(v.metric.params)),
+            "class_names": list(self.dataset.class_names),
+            "ignore_index": int(self.dataset.ignore_index),
+            "n_images": len(ok),
+            "n_expected": len(self.dataset.ids),
+            "skipped": sorted(({"image_id": r.image_id, "reason": r.reason} for r in recs if r.status != "ok"),
+                              key=lambda d: d["image_id"]),
+            "diffusion_passes": int(sum(r.passes for r in recs)),
+            # passes run by this invocation (the rest were resumed or read from the cache)
+            "diffusion_passes_this_run": int(passes_now),
+            "grid_keys": list(v.method.grid_keys),
+            "results": results,
+            "random_weights": bool(self.method.needs_diffusion and model_name in RANDOM_WEIGHT_MODELS),
+            "published": published_numbers(v.reference) if v.reference else {},
+            "oracle_keys": [k for k in v.method.grid_keys if k in getattr(v.method.cls, "oracle_keys", ())],
+            "image_ids": sorted(r.image_id for r in ok),
+        }
+        if payload["random_weights"]:
+            payload["note"] = "pipeline check: random-weight model, numbers are not results"
+        device = str(getattr(model, "device", None)) if model is not None else None
+        dtype = str(getattr(model, "dtype", None)) if model is not None else None
+        payload["provenance"] = provenance(
+            OmegaConf.to_container(self.cfg, resolve=True), started, device, dtype
+        )
+        if self.rank == 0:
+            self._write(payload, recs, points)
+        return payload
+
+    def _write(self, payload: Dict[str, Any], recs: List[ImageRecord], points: List[Dict[str, Any]]) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False), encoding="utf-8")
+        os.replace(tmp, self.run_dir / "metrics.json")
+        to_frame(recs, points).to_parquet(self.run_dir / "per_image.parquet", index=False)
+        write_tables(payload, self.run_dir)
+
+
+def print_summary(outcome: RunOutcome) -> None:
+    """The human-readable end of a run: the table, and the pipeline-check warning."""
+    table = (outcome.run_dir / "table.md").read_text(encoding="utf-8")
+    print(table)
+    p = outcome.payload
+    print(
+        f"{p['n_images']} images, {p['diffusion_passes']} diffusion passes "
+        f"({outcome.passes_this_run} run now), {len(p['results'])} configuration(s) -> {outcome.run_dir}"
+    )
+    if p.get("random_weights"):
+        print("NOTE: PIPELINE CHECK ONLY: random-weight model; these numbers are not segmentation results.")
+
+
+def run_benchmark(cfg: DictConfig, run_dir: Path) -> RunOutcome:
+    """Run one job (no Hydra needed: tests and scripts call this with a composed config)."""
+    from benchmark.loggers import make_logger
+
+    from benchmark.loggers import NullLogger
+
+    runner = Runner(cfg, run_dir)
+    logger = make_logger(runner.v.logger, run_dir) if runner.rank == 0 else NullLogger()
+    failed = True
+    try:
+        logger.start(OmegaConf.to_container(cfg, resolve=True), runner.v)
+        outcome = runner.run()
+        logger.log_outcome(outcome)
+        failed = False
+        return outcome
+    finally:
+        logger.finish(failed=failed)

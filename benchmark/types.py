@@ -1,0 +1,123 @@
+"""The data that flows between the harness' stages.
+
+dataset -> ``Sample`` ; method -> ``AttentionRequest`` + ``PromptQuery`` list ;
+capture -> ``AttentionMaps`` ; method -> label map (LongTensor H x W) ; metric -> counts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One evaluated image, already in the evaluation geometry of its preprocessing preset.
+
+    image: uint8 tensor (3, H, W), RGB.
+    label: int64 tensor (H, W): train ids in [0, C) or ``ignore_index``.
+    meta: free-form (original size, file paths, ...). Must be collatable as a list.
+    """
+
+    image_id: str
+    image: torch.Tensor
+    label: torch.Tensor
+    meta: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AttentionRequest:
+    """What a method needs captured during the diffusion pass.
+
+    Resolutions are attention-grid side lengths (64, 32, 16, 8 for a 64x64 latent).
+    ``layers`` selects the transformer blocks of each requested resolution:
+      "all"       every block at that resolution (head- and layer-mean),
+      "first_up"  only the first up-block layer at that resolution (SeeDiff's code),
+      "down" / "up" / "mid" only blocks of that UNet part.
+    Layers not requested keep the fused SDPA kernel.
+    """
+
+    self_resolutions: Tuple[int, ...] = ()
+    cross_resolutions: Tuple[int, ...] = ()
+    self_layers: str = "all"
+    cross_layers: str = "all"
+
+    def union(self, other: "AttentionRequest") -> "AttentionRequest":
+        if (self.self_layers, self.cross_layers) != (other.self_layers, other.cross_layers):
+            raise ValueError(
+                "grid points request different layer selections "
+                f"({self.self_layers}/{self.cross_layers} vs {other.self_layers}/{other.cross_layers}); "
+                "layer selection is an extraction parameter: sweep it with Hydra multirun instead"
+            )
+        return AttentionRequest(
+            tuple(sorted(set(self.self_resolutions) | set(other.self_resolutions), reverse=True)),
+            tuple(sorted(set(self.cross_resolutions) | set(other.cross_resolutions), reverse=True)),
+            self.self_layers,
+            self.cross_layers,
+        )
+
+    @property
+    def empty(self) -> bool:
+        return not self.self_resolutions and not self.cross_resolutions
+
+
+@dataclass(frozen=True)
+class PromptQuery:
+    """One text conditioning for the pass of one image.
+
+    text: the prompt ("" = the empty prompt).
+    word: the substring whose tokens' cross-attention the method reads (None: no word).
+    """
+
+    text: str = ""
+    word: Optional[str] = None
+
+
+@dataclass
+class AttentionMaps:
+    """Captured attention of ONE image (all prompts of that image).
+
+    self_attn[r]:  float32 (G, r*r, r*r)  rows = queries (sum to 1), head- and layer-mean;
+                   G = 1 when the prompts of the image are averaged (the default), else P.
+    cross_attn[r]: float32 (P, r*r, T)    T = 77 text positions (or the requested columns);
+                   rows sum to 1 over all 77 positions before any column selection.
+    token_positions[p]: indices (into the 77 positions) of ``queries[p].word``'s sub-tokens.
+    """
+
+    self_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
+    cross_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
+    queries: List[PromptQuery] = field(default_factory=list)
+    token_positions: List[List[int]] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "AttentionMaps":
+        return AttentionMaps(
+            {r: a.to(device) for r, a in self.self_attn.items()},
+            {r: a.to(device) for r, a in self.cross_attn.items()},
+            list(self.queries),
+            [list(p) for p in self.token_positions],
+        )
+
+
+@dataclass
+class SegmentContext:
+    """What a method may know about the image besides its attention (no pixels of GT).
+
+    out_size: (H, W) of the label map to produce.
+    class_names: the dataset's classes (open-vocabulary methods).
+    candidates: class indices considered for this image (open-vocabulary), or None = all.
+    n_gt_classes: number of GT classes present (K-Means-S only; an oracle quantity).
+    image: the evaluated uint8 image (3, H, W) for refinements that need colours (PAMR).
+    external: a label map loaded from outside the harness (``method=predictions``).
+    caption: a caption of the image, or {prompt name: caption} (captioner or candidates file),
+             for prompt augmentation.
+    """
+
+    image_id: str
+    out_size: Tuple[int, int]
+    class_names: Sequence[str] = ()
+    candidates: Optional[List[int]] = None
+    n_gt_classes: Optional[int] = None
+    image: Optional[torch.Tensor] = None
+    external: Optional[torch.Tensor] = None
+    caption: Optional[Union[str, Dict[str, str]]] = None

@@ -1,0 +1,54 @@
+"""The contract every segmentation method implements.
+
+A method is pure computation on tensors (no file or network I/O):
+
+* ``Params``   dataclass of post-processing constants. Every field is a config key
+               (``method.<field>=...``) and a possible in-run grid axis
+               (``method.grid.<field>=[...]``): all grid points share one diffusion pass.
+* ``Settings`` dataclass of method options that change what is extracted (candidate
+               classes, prompt template, ...): config keys, but not grid axes.
+* ``attention_request(params)``  which attention the pass must capture.
+* ``queries(ctx, settings)``     the prompts of the pass for one image.
+* ``segment(attn, ctx, params)`` label map (H, W) int64 for one image and one grid point:
+               segment ids (unsupervised) or class ids (open-vocabulary).
+
+Methods that need no diffusion pass (``needs_diffusion = False``) receive the data the
+runner loads for them in ``ctx`` instead (see ``methods.predictions``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, List
+
+import torch
+
+from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
+
+
+@dataclass
+class NoSettings:
+    pass
+
+
+class Method:
+    name: ClassVar[str] = ""
+    #: "unsupervised" (segment ids, scored by Hungarian matching) or "open_vocabulary"
+    task: ClassVar[str] = "unsupervised"
+    needs_diffusion: ClassVar[bool] = True
+    Params: ClassVar[type] = NoSettings
+    Settings: ClassVar[type] = NoSettings
+
+    def __init__(self, settings: Any = None, extract: Any = None):
+        self.settings = settings if settings is not None else self.Settings()
+        self.extract = extract
+
+    def attention_request(self, params: Any) -> AttentionRequest:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def queries(self, ctx: SegmentContext) -> List[PromptQuery]:
+        """Default: one pass conditioned on the configured prompt (the empty prompt)."""
+        prompt = getattr(self.extract, "prompt", "") if self.extract is not None else ""
+        return [PromptQuery(text=prompt or "")]
+
+    def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: Any) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,45 @@
+"""DiffSegmenter (Wang et al., "Diffusion Model is Secretly a Training-free Open Vocabulary
+Semantic Segmenter"; official code VCG-team/DiffSegmenter).
+
+For one image and each candidate class (all prompts of the image in one batched UNet
+pass, sharing the VAE latent sample and the noise):
+
+1. prompt ``"{template} {name}"`` ("a photograph of" for VOC, "a photography of" for
+   Context / COCO), optionally continued by a caption (``caption_prompt``);
+2. cross-attention of the class token (``token_rule``: VOC's code reads the first token
+   after the template, Context/COCO's the last sub-token of the name) per side
+   r ∈ {8, 16, 32, 64}: r×r, bilinear to 64×64, min–max, fused with
+   0.3·CA₈ + 0.5·CA₁₆ + 0.1·CA₃₂ + 0.1·CA₆₄ (``cross_weights``, largest side first);
+3. refinement M = SA₆₄ · vec(CA) with the 64-side self-attention of the same pass;
+4. bilinear upsampling to the label size, min–max per class, argmax against the constant
+   background score ``bg_threshold``.
+
+Self-attention: by default the capture averages the self-attention of the image's prompts
+(``extract.self_attn_per_prompt=false``: one 4096×4096 map per image instead of one per
+class; the official code runs one pass per class and uses that pass's own map). Set
+``method.extract.self_attn_per_prompt=true`` for the official per-class maps.
+
+Not reproduced: the ``++`` up-weighting of the class token embedding (Compel, ×1.21)
+needs embedding-level control that a text prompt cannot express, and the official
+two-token read when the caption's next word ends in "ing".
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from benchmark.types import AttentionMaps
+
+from .open_vocab import OpenVocabParams, OpenVocabSettings, OpenVocabularyMethod, refine_with_self_attention
+
+
+class DiffSegmenter(OpenVocabularyMethod):
+    name = "diffsegmenter"
+    Params = OpenVocabParams
+    Settings = OpenVocabSettings
+    uses_self_attention = True
+
+    def prompt_maps(self, attn: AttentionMaps, params: Any) -> torch.Tensor:
+        fused = self.fused_cross_attention(attn, params)
+        return refine_with_self_attention(fused, self.self_attention_at(attn, fused.shape[-1]), power=1)

@@ -1,0 +1,526 @@
+"""Shared machinery of the open-vocabulary attention segmenters (DiffSegmenter, CA, CA·SA).
+
+From class names to a label map, for one image:
+
+1. **Prompts** (:func:`plan_prompts`): one prompt per candidate class and per name of that
+   class: ``"{template} {name}"`` (``template`` is the text before the name, or a string
+   with a ``{name}`` placeholder). ``synonyms`` maps a class name to the names written in
+   its prompts (they replace the class name; list the class name itself to keep it); a
+   class then scores the max over its names. With a caption (``caption_prompt``) the
+   prompt continues with the caption's text after the prompt prefix (see
+   :func:`caption_continuation`).
+2. **Class token(s)** (:func:`word_attention`): the cross-attention columns of the name's
+   sub-tokens reduced by an explicit rule: ``first`` / ``last`` sub-token or their
+   ``mean``. DiffSegmenter's VOC code reads the first token after the template; its
+   Context/COCO code the last sub-token of the name.
+3. **Multi-resolution fusion** (:func:`fuse_cross_attention`): per side r the class column
+   -> r×r, bilinear upsampling to the largest side n, min–max normalisation, weighted sum
+   (weights largest side first: DiffSegmenter's 0.3/0.5/0.1/0.1 for 8/16/32/64 is
+   ``[0.1, 0.1, 0.5, 0.3]``).
+4. **Self-attention refinement** (:func:`refine_with_self_attention`):
+   M = SA_n^k · vec(CA) (k = 1 in DiffSegmenter; CA·SA ablations vary k).
+5. **Scores at the label size** (:func:`upsample_minmax`): bilinear upsampling, min–max per
+   prompt; a class takes the max over its prompts (:func:`max_over_prompts`).
+6. **Background** (:func:`label_with_background`): constant score ``bg_threshold``, argmax
+   over {background} ∪ candidates (ties go to background); non-candidates never win.
+   Datasets without a background class (voc20, context59, cocostuff171, cityscapes19):
+   argmax over the candidates only, ``bg_threshold`` unused.
+
+Everything here is tensor code without I/O; :class:`OpenVocabularyMethod` wires it into
+the ``Method`` contract, and subclasses only say how prompt maps are made
+(:meth:`OpenVocabularyMethod.prompt_maps`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from benchmark.candidates import CANDIDATE_MODES, background_index
+from benchmark.registry import did_you_mean
+from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
+
+from .attention_ops import standard_self_resolutions, weights_by_side
+from .base import Method
+
+TOKEN_RULES = ("first", "last", "mean")
+CAPTIONERS = ("none", "blip")
+CLIP_TEXT_MATCH = ("phrases", "caption")
+NAME_PLACEHOLDER = "{name}"
+#: a caption given per prompt name ({name: caption}) or one caption for the image
+Caption = Union[str, Mapping[str, str], None]
+
+
+# --------------------------------------------------------------------------------------
+# config
+# --------------------------------------------------------------------------------------
+@dataclass
+class OpenVocabParams:
+    """Post-processing constants (config keys and in-run grid axes)."""
+
+    #: constant background score; a pixel is background unless a candidate scores above it
+    #: (scores are min–max normalised to [0, 1]). The official evaluation sweeps it over
+    #: 0.30..0.74 on the evaluated split and reports the best (an oracle); its chosen value
+    #: is not published, 0.5 is the middle of that range.
+    bg_threshold: float = 0.5
+    #: which sub-token(s) of a multi-token name are read: first | last | mean
+    token_rule: str = "first"
+    #: cross-attention fusion weights, largest side first (entry i: side n / 2**i);
+    #: normalised over the captured sides. DiffSegmenter: 0.1·CA64 + 0.1·CA32 + 0.5·CA16 + 0.3·CA8
+    cross_weights: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.5, 0.3])
+
+    def __post_init__(self) -> None:
+        check_token_rule(self.token_rule)
+        if not self.cross_weights or any(float(w) < 0 for w in self.cross_weights) or sum(self.cross_weights) <= 0:
+            raise ValueError(
+                f"method.cross_weights={list(self.cross_weights)}: expected non-negative weights, largest side first, "
+                "not all zero"
+            )
+
+
+@dataclass
+class OpenVocabSettings:
+    """Options that change the prompts (and so the diffusion pass): config keys, not grid axes."""
+
+    #: candidate classes per image: all | gt (image-level GT labels: weakly supervised, an
+    #: oracle) | file (method.candidates_file JSON) | clip (CLIP filter, see below)
+    candidates: str = "all"
+    #: JSON {image_id: [classes]} or {image_id: {"classes": [...], "caption": ...}}; a
+    #: caption may be one string or {prompt name: caption} (the official per-class captions)
+    candidates_file: Optional[str] = None
+    #: prompt prefix written before the class name ("a photograph of" -> "a photograph of
+    #: cat"), or a string with a {name} placeholder. Official: "a photograph of" (VOC),
+    #: "a photography of" (Context, COCO)
+    template: str = "a photograph of"
+    #: class name -> names written in its prompts instead of the class name (given inline;
+    #: e.g. {tvmonitor: [monitor], person: [person, people]}); a class scores the max over
+    #: its names. Classes not listed use their own name.
+    synonyms: Optional[Dict[str, List[str]]] = None
+    #: continue each prompt with the image caption (needs captions from candidates=file or
+    #: captioner=blip); the official "++" up-weighting of the class token is not applied
+    caption_prompt: bool = False
+    # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
+    #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
+    #: local Hugging Face cache
+    clip_model: str = "openai/clip-vit-large-patch14"
+    #: keep a class when a caption phrase's CLIP text embedding has cosine >= this with
+    #: one of the class's names (official recipe: 0.8)
+    clip_text_threshold: float = 0.8
+    #: keep a class when its CLIP zero-shot probability (softmax over the dataset's
+    #: classes) is >= this (official recipe: 0.97)
+    clip_image_threshold: float = 0.97
+    #: prompt of the CLIP zero-shot classifier
+    clip_image_template: str = "a photo of a {name}."
+    #: caption units compared with class names: phrases (words and word pairs of the
+    #: caption) | caption (the whole caption)
+    clip_text_match: str = "phrases"
+    #: none | blip (captions for the text filter and, with caption_prompt, per-class
+    #: prompt captions)
+    captioner: str = "none"
+    #: BLIP captioning model: local folder or hub id in the local HF cache
+    captioner_model: str = "Salesforce/blip-image-captioning-large"
+    caption_max_tokens: int = 30
+    #: device of the filter models: auto | cpu | cuda | cuda:N
+    filter_device: str = "auto"
+    #: allow downloading filter models absent from the HF cache (never with HF_HUB_OFFLINE=1)
+    filter_download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.candidates not in CANDIDATE_MODES:
+            raise ValueError(
+                f"method.candidates={self.candidates!r}: expected one of {', '.join(CANDIDATE_MODES)}."
+                + did_you_mean(self.candidates, CANDIDATE_MODES)
+            )
+        if self.candidates == "file" and not self.candidates_file:
+            raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
+        if self.template.count(NAME_PLACEHOLDER) > 1:
+            raise ValueError(f"method.template={self.template!r}: at most one {NAME_PLACEHOLDER} placeholder")
+        if self.captioner not in CAPTIONERS:
+            raise ValueError(f"method.captioner={self.captioner!r}: expected one of {', '.join(CAPTIONERS)}")
+        if self.clip_text_match not in CLIP_TEXT_MATCH:
+            raise ValueError(f"method.clip_text_match={self.clip_text_match!r}: expected one of {', '.join(CLIP_TEXT_MATCH)}")
+        for name, names in (self.synonyms or {}).items():
+            if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+                raise ValueError(
+                    f"method.synonyms[{name!r}]={names!r}: expected a non-empty list of names, e.g. [{name!r}, 'other name']"
+                )
+
+
+def check_token_rule(rule: str) -> str:
+    if rule not in TOKEN_RULES:
+        raise ValueError(f"method.token_rule={rule!r}: expected one of {', '.join(TOKEN_RULES)}")
+    return rule
+
+
+# --------------------------------------------------------------------------------------
+# prompts
+# --------------------------------------------------------------------------------------
+def fill_template(template: str, name: str) -> str:
+    """``"a photograph of" + "cat"`` -> ``"a photograph of cat"``; ``"a {name}."`` -> ``"a cat."``."""
+    name = name.strip()
+    if NAME_PLACEHOLDER in template:
+        return template.replace(NAME_PLACEHOLDER, name)
+    return f"{template.strip()} {name}".strip()
+
+
+def template_prefix(template: str) -> str:
+    """The text before the name (what an image-level caption is expected to start with)."""
+    return template.split(NAME_PLACEHOLDER)[0].strip()
+
+
+def caption_continuation(caption: str, prefix: str) -> str:
+    """The caption's text after ``prefix`` (case- and whitespace-insensitive), or the whole
+    caption when it does not start with it.
+
+    The official code captions with BLIP conditioned on the prompt ("a photograph of cat")
+    and keeps the generated text after it: "a photograph of cat sitting on a bed" ->
+    "sitting on a bed".
+    """
+    text = " ".join(caption.split())
+    head = " ".join(prefix.split())
+    if head and text.lower().startswith(head.lower()):
+        return text[len(head):].strip()
+    return text
+
+
+def prompt_text(template: str, name: str, caption: Caption = None, class_name: Optional[str] = None) -> str:
+    """The prompt of one class name, optionally continued by a caption.
+
+    ``caption`` is one string for the image (its text after the template prefix is
+    appended) or {name: caption} with one caption per prompt name (its text after the full
+    prompt is appended; looked up by ``name``, then ``class_name``).
+    """
+    base = fill_template(template, name)
+    if caption is None:
+        return base
+    if isinstance(caption, Mapping):
+        own = caption.get(name, caption.get(class_name) if class_name is not None else None)
+        if own is None:
+            return base
+        rest = caption_continuation(str(own), base)
+    else:
+        rest = caption_continuation(str(caption), template_prefix(template))
+    return f"{base} {rest}" if rest else base
+
+
+def class_prompt_names(class_names: Sequence[str], synonyms: Optional[Mapping[str, Sequence[str]]]) -> List[List[str]]:
+    """The names written in the prompts of each class (its synonyms, else its own name)."""
+    synonyms = synonyms or {}
+    unknown = [k for k in synonyms if k not in class_names]
+    if unknown:
+        raise ValueError(
+            f"method.synonyms has entries for {unknown}, which are not classes of this dataset "
+            f"({', '.join(map(str, class_names))})." + did_you_mean(unknown[0], class_names)
+        )
+    out = []
+    for name in class_names:
+        names = synonyms.get(name) or [name]
+        out.append(list(dict.fromkeys(n.strip() for n in names)))
+    return out
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """The prompts of one image and what they score.
+
+    queries[p] is a prompt of class prompt_class[p]; classes are the scored candidates
+    (sorted); background is the dataset's background index (None: no background class).
+    With no candidate, queries hold one bare-template prompt (the pass needs a prompt) and
+    the image is all background.
+    """
+
+    queries: Tuple[PromptQuery, ...]
+    prompt_class: Tuple[int, ...]
+    classes: Tuple[int, ...]
+    background: Optional[int]
+
+
+def scored_classes(ctx: SegmentContext) -> Tuple[List[int], Optional[int]]:
+    """(candidate classes without background, background index) of one image.
+
+    ``ctx.candidates`` None = every class. An empty candidate list means "all background"
+    when the dataset has a background class; without one the method must still label
+    every pixel, so it falls back to every class.
+    """
+    names = list(ctx.class_names)
+    if not names:
+        raise ValueError(f"image {ctx.image_id}: open-vocabulary methods need the dataset's class names (ctx.class_names)")
+    background = background_index(names)
+    everything = [c for c in range(len(names)) if c != background]
+    if ctx.candidates is None:
+        return everything, background
+    bad = [c for c in ctx.candidates if not 0 <= int(c) < len(names)]
+    if bad:
+        raise ValueError(f"image {ctx.image_id}: candidate class indices {bad} outside [0, {len(names)})")
+    chosen = sorted({int(c) for c in ctx.candidates} - {background})
+    if not chosen and background is None:
+        return everything, background
+    return chosen, background
+
+
+def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
+    """Prompts of one image: every name of every candidate class, classes in index order."""
+    classes, background = scored_classes(ctx)
+    names = class_prompt_names(ctx.class_names, getattr(settings, "synonyms", None))
+    caption = ctx.caption if getattr(settings, "caption_prompt", False) else None
+    template = getattr(settings, "template", "")
+    queries: List[PromptQuery] = []
+    prompt_class: List[int] = []
+    for c in classes:
+        class_name = str(ctx.class_names[c]).strip()
+        for name in names[c]:
+            queries.append(PromptQuery(text=prompt_text(template, name, caption, class_name), word=name))
+            prompt_class.append(c)
+    if not queries:  # no candidate: nothing to score, but the pass needs one prompt
+        queries.append(PromptQuery(text=template_prefix(template)))
+    return PromptPlan(tuple(queries), tuple(prompt_class), tuple(classes), background)
+
+
+# --------------------------------------------------------------------------------------
+# cross-attention
+# --------------------------------------------------------------------------------------
+def word_columns(positions: Sequence[int], rule: str, where: str = "") -> List[int]:
+    """The token columns a rule reads from a word's sub-token positions."""
+    check_token_rule(rule)
+    positions = [int(p) for p in positions]
+    if not positions:
+        raise ValueError(f"no token positions for {where or 'a prompt word'}: the word was not found in its prompt")
+    if rule == "first":
+        return positions[:1]
+    if rule == "last":
+        return positions[-1:]
+    return positions
+
+
+def token_weights(
+    token_positions: Sequence[Sequence[int]], rule: str, n_tokens: int, queries: Sequence[PromptQuery] = ()
+) -> torch.Tensor:
+    """(P, T) float32 weights: 1/k on the k columns each prompt's rule reads, 0 elsewhere."""
+    weights = torch.zeros(len(token_positions), n_tokens)
+    for p, positions in enumerate(token_positions):
+        where = f"prompt {p}" + (f" ({queries[p].text!r}, word {queries[p].word!r})" if p < len(queries) else "")
+        cols = word_columns(positions, rule, where)
+        if max(cols) >= n_tokens or min(cols) < 0:
+            raise ValueError(f"token positions {cols} of {where} outside the {n_tokens} captured text positions")
+        weights[p, cols] = 1.0 / len(cols)
+    return weights
+
+
+def word_attention(cross: torch.Tensor, token_positions: Sequence[Sequence[int]], rule: str,
+                   queries: Sequence[PromptQuery] = ()) -> torch.Tensor:
+    """(P, q, T) cross-attention -> (P, q): each prompt's word columns reduced by ``rule``."""
+    if cross.dim() != 3 or cross.shape[0] != len(token_positions):
+        raise ValueError(
+            f"cross-attention of shape {tuple(cross.shape)} does not fit {len(token_positions)} prompts: expected (P, r*r, T)"
+        )
+    weights = token_weights(token_positions, rule, cross.shape[-1], queries).to(cross.device)
+    return torch.einsum("pqt,pt->pq", cross.float(), weights)
+
+
+def minmax(maps: torch.Tensor, dims: Tuple[int, ...] = (-2, -1)) -> torch.Tensor:
+    """(x − min) / (max − min) over ``dims``; a constant map becomes 0 (never NaN)."""
+    lo = maps.amin(dim=dims, keepdim=True)
+    span = maps.amax(dim=dims, keepdim=True) - lo
+    # a constant map has x - min = 0 everywhere: divide it by 1 instead of 0
+    return (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
+
+
+def resize(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Bilinear (half-pixel centres, ``align_corners=False``) resize of (P, h, w) maps."""
+    if tuple(maps.shape[-2:]) == tuple(size):
+        return maps
+    return F.interpolate(maps.unsqueeze(0), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0]
+
+
+def fuse_cross_attention(
+    cross_attn: Mapping[int, torch.Tensor],
+    token_positions: Sequence[Sequence[int]],
+    rule: str,
+    weights: Sequence[float],
+    queries: Sequence[PromptQuery] = (),
+) -> torch.Tensor:
+    """DiffSegmenter's fused cross-attention (P, n, n) at the largest captured side n.
+
+    For each side r: the prompt's word column -> r×r, bilinear upsampling to n×n,
+    min–max normalisation, times the side's weight (``weights`` largest side first,
+    normalised over the captured sides by :func:`weights_by_side`).
+    """
+    if not cross_attn:
+        raise ValueError("no cross-attention was captured (AttentionMaps.cross_attn is empty)")
+    sides = sorted(cross_attn, reverse=True)
+    n = sides[0]
+    by_side = weights_by_side(sides, [float(w) for w in weights], "method.cross_weights")
+    fused = None
+    for side, weight in sorted(by_side.items(), reverse=True):
+        cross = cross_attn[side]
+        if cross.dim() != 3 or cross.shape[1] != side * side:
+            raise ValueError(f"cross_attn[{side}] has shape {tuple(cross.shape)}; expected (P, {side * side}, T)")
+        maps = word_attention(cross, token_positions, rule, queries).view(-1, side, side)
+        term = weight * minmax(resize(maps, (n, n)))
+        fused = term if fused is None else fused + term
+    return fused
+
+
+def refine_with_self_attention(maps: torch.Tensor, self_attn: torch.Tensor, power: int = 1) -> torch.Tensor:
+    """M = SA^power · vec(maps) for (P, n, n) maps and (G, n², n²) row-stochastic SA.
+
+    Row i of SA is query pixel i's attention over keys, so M_i = Σ_j SA_ij CA_j (the
+    official ``torch.matmul(self_att, cross_att_map)``). G = 1: one SA for every prompt
+    (the image's prompts averaged); G = P: each prompt its own SA.
+    """
+    if power < 0:
+        raise ValueError(f"method.sa_power={power}: expected >= 0")
+    p, n, _ = maps.shape
+    if self_attn.dim() == 2:
+        self_attn = self_attn.unsqueeze(0)
+    groups = self_attn.shape[0]
+    if self_attn.shape[1:] != (n * n, n * n) or groups not in (1, p):
+        raise ValueError(
+            f"self-attention of shape {tuple(self_attn.shape)} does not fit {p} prompt maps of side {n}: "
+            f"expected (1 or {p}, {n * n}, {n * n})"
+        )
+    flat = maps.reshape(p, n * n).float()
+    sa = self_attn.to(flat.device).float()
+    for _ in range(power):
+        if groups == 1:
+            flat = flat @ sa[0].T
+        else:
+            flat = torch.bmm(sa, flat.unsqueeze(2)).squeeze(2)
+    return flat.view(p, n, n)
+
+
+# --------------------------------------------------------------------------------------
+# scores -> labels
+# --------------------------------------------------------------------------------------
+def upsample_minmax(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """(P, h, w) -> (P, H, W): bilinear upsampling to the label size, then min–max per map."""
+    return minmax(resize(maps.float(), size))
+
+
+def max_over_prompts(scores: torch.Tensor, prompt_class: Sequence[int], classes: Sequence[int]) -> torch.Tensor:
+    """(P, H, W) prompt scores -> (K, H, W) class scores, K = len(classes): max over each
+    class's prompts (its synonyms)."""
+    row = {c: k for k, c in enumerate(classes)}
+    if len(prompt_class) != scores.shape[0] or any(c not in row for c in prompt_class):
+        raise ValueError(f"prompt classes {list(prompt_class)} do not match {scores.shape[0]} maps and classes {list(classes)}")
+    if list(prompt_class) == list(classes):  # one prompt per class: nothing to reduce
+        return scores
+    index = torch.tensor([row[c] for c in prompt_class], device=scores.device).view(-1, 1, 1).expand_as(scores)
+    out = torch.zeros((len(classes),) + tuple(scores.shape[1:]), dtype=scores.dtype, device=scores.device)
+    return out.scatter_reduce_(0, index, scores, reduce="amax", include_self=False)
+
+
+def best_class(class_scores: torch.Tensor, classes: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(best score, its class id) per pixel of (K, H, W) class scores."""
+    value, which = class_scores.max(0)
+    ids = torch.tensor(list(classes), dtype=torch.long, device=class_scores.device)
+    return value, ids[which]
+
+
+def label_with_background(best_score: torch.Tensor, best_id: torch.Tensor, background: Optional[int],
+                          bg_threshold: float) -> torch.Tensor:
+    """Argmax over {background: bg_threshold} ∪ candidates; ties go to background (the
+    official argmax with background at index 0). No background class: the best candidate."""
+    if background is None:
+        return best_id
+    return torch.where(best_score > float(bg_threshold), best_id, torch.full_like(best_id, int(background)))
+
+
+# --------------------------------------------------------------------------------------
+# the method skeleton
+# --------------------------------------------------------------------------------------
+def check_queries(attn: AttentionMaps, plan: PromptPlan, image_id: str) -> None:
+    """The captured attention must belong to this image's prompts (cache / runner bugs)."""
+    got = [(q.text, q.word) for q in attn.queries]
+    want = [(q.text, q.word) for q in plan.queries]
+    if got != want:
+        raise ValueError(
+            f"image {image_id}: the attention was captured for prompts {got[:3]}{'...' if len(got) > 3 else ''} "
+            f"but the method's prompts are {want[:3]}{'...' if len(want) > 3 else ''}"
+        )
+    if len(attn.token_positions) != len(plan.queries):
+        raise ValueError(f"image {image_id}: {len(attn.token_positions)} token position lists for {len(plan.queries)} prompts")
+
+
+def _key_params(params: Any) -> Tuple:
+    """Params fields other than bg_threshold, hashable (the scores do not depend on it)."""
+    items = dataclasses.asdict(params)
+    items.pop("bg_threshold", None)
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
+
+
+class OpenVocabularyMethod(Method):
+    """Open-vocabulary segmenter skeleton: prompts per candidate class, per-prompt score
+    maps (:meth:`prompt_maps`, by subclasses), label size scores, background argmax.
+
+    ``oracle_keys``: a grid sweeping ``bg_threshold`` on the evaluated split picks its
+    best value with the labels: tables mark it as an oracle.
+    """
+
+    task = "open_vocabulary"
+    Params: ClassVar[type] = OpenVocabParams
+    Settings: ClassVar[type] = OpenVocabSettings
+    oracle_keys: ClassVar[Tuple[str, ...]] = ("bg_threshold",)
+    #: whether prompt_maps needs self-attention at the largest side
+    uses_self_attention: ClassVar[bool] = False
+
+    def __init__(self, settings: Any = None, extract: Any = None):
+        super().__init__(settings, extract)
+        # one-entry memo: the grid points of one image that differ only in bg_threshold
+        # share the best class per pixel (the attention object is held, so ids cannot be reused)
+        self._memo: Optional[Tuple[Any, Tuple, Tuple[torch.Tensor, torch.Tensor]]] = None
+
+    # -- contract ---------------------------------------------------------------------------
+    def attention_request(self, params: Any) -> AttentionRequest:
+        image_size = getattr(self.extract, "image_size", 512) if self.extract is not None else 512
+        sides = standard_self_resolutions(image_size)
+        return AttentionRequest(
+            self_resolutions=sides[:1] if self.uses_self_attention else (),
+            cross_resolutions=sides,
+        )
+
+    def plan(self, ctx: SegmentContext) -> PromptPlan:
+        return plan_prompts(ctx, self.settings)
+
+    def queries(self, ctx: SegmentContext) -> List[PromptQuery]:
+        return list(self.plan(ctx).queries)
+
+    def prompt_maps(self, attn: AttentionMaps, params: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        """(P, n, n) score maps of the prompts at attention resolution."""
+        raise NotImplementedError
+
+    def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: Any) -> torch.Tensor:
+        plan = self.plan(ctx)
+        if not plan.classes:  # no candidate (dataset with background): all background
+            return torch.full(tuple(ctx.out_size), int(plan.background), dtype=torch.long)
+        score, class_id = self.best_class(attn, ctx, plan, params)
+        return label_with_background(score, class_id, plan.background, params.bg_threshold).cpu()
+
+    # -- shared steps -------------------------------------------------------------------------
+    def class_scores(self, attn: AttentionMaps, ctx: SegmentContext, plan: PromptPlan, params: Any) -> torch.Tensor:
+        """(K, H, W) scores of the candidate classes at the label size, each in [0, 1]."""
+        check_queries(attn, plan, ctx.image_id)
+        maps = self.prompt_maps(attn, params)
+        return max_over_prompts(upsample_minmax(maps, tuple(ctx.out_size)), plan.prompt_class, plan.classes)
+
+    def best_class(self, attn: AttentionMaps, ctx: SegmentContext, plan: PromptPlan, params: Any):
+        key = (ctx.image_id, tuple(ctx.out_size), plan, _key_params(params))
+        if self._memo is not None and self._memo[0] is attn and self._memo[1] == key:
+            return self._memo[2]
+        value = best_class(self.class_scores(attn, ctx, plan, params), plan.classes)
+        self._memo = (attn, key, value)
+        return value
+
+    def fused_cross_attention(self, attn: AttentionMaps, params: Any) -> torch.Tensor:
+        return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights, attn.queries)
+
+    def self_attention_at(self, attn: AttentionMaps, side: int) -> torch.Tensor:
+        if side not in attn.self_attn:
+            raise ValueError(
+                f"method {self.name}: self-attention of side {side} (the largest cross-attention side) was not captured; "
+                f"captured sides: {sorted(attn.self_attn)}"
+            )
+        return attn.self_attn[side]

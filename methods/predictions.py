@@ -1,0 +1,42 @@
+"""Score label maps produced outside the harness (``method=predictions method.dir=DIR``).
+
+The runner loads ``DIR/<image_id>.png`` for each image (see
+``benchmark.prediction_files``) into ``ctx.external``; this method only hands it on, so
+every metric scores external predictions exactly like the harness' own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
+
+from .base import Method, NoSettings
+
+
+@dataclass
+class PredictionsSettings:
+    #: directory holding <image_id><suffix> label maps (single-channel 8/16-bit PNG)
+    dir: Optional[str] = None
+    suffix: str = ".png"
+    #: "labels" (class ids, scored as they are) or "segments" (ids to be Hungarian-matched);
+    #: only informs the metric=auto choice
+    kind: str = "labels"
+
+
+class Predictions(Method):
+    name = "predictions"
+    task = "labels"
+    needs_diffusion = False
+    Params = NoSettings
+    Settings = PredictionsSettings
+
+    def attention_request(self, params) -> AttentionRequest:
+        return AttentionRequest()
+
+    def segment(self, attn: Optional[AttentionMaps], ctx: SegmentContext, params) -> torch.Tensor:
+        if ctx.external is None:
+            raise ValueError(f"method=predictions: no prediction was loaded for image {ctx.image_id}")
+        return ctx.external

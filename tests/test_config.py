@@ -1,0 +1,125 @@
+"""Every option of every config group composes and validates; bad configs fail at start."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmark.__main__ import CONF_DIR, GROUPS, UsageError, check_group_choices, group_options, prepare_argv
+from benchmark.compose import compose_config
+from benchmark.config import ConfigError, validate
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _all_group_options():
+    for group in ("dataset", "model", "method", "metric", "logger"):
+        for option in group_options(group):
+            yield group, option
+
+
+@pytest.mark.parametrize("group,option", list(_all_group_options()))
+def test_every_group_option_composes_and_validates(group, option):
+    overrides = [f"{group}={option}"]
+    if group == "method" and option == "predictions":
+        overrides.append("method.dir=/nonexistent")  # only validated, not read
+    cfg = compose_config(overrides)
+    v = validate(cfg)
+    section = getattr(v, group)
+    name = section.name if hasattr(section, "name") else section["name"]
+    if group == "metric" and option == "auto":
+        assert name in ("hungarian_image", "miou")
+    else:
+        assert name == option
+
+
+@pytest.mark.parametrize("option", group_options("experiment"))
+def test_every_experiment_composes_and_validates(option):
+    v = validate(compose_config([f"experiment={option}"]))
+    assert v.method.points, option
+
+
+def test_group_yaml_names_match_file_stems():
+    for group in ("dataset", "model", "method", "metric", "logger"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            text = path.read_text()
+            assert f"name: {path.stem}\n" in text, f"{path} must declare name: {path.stem}"
+
+
+def test_unknown_key_names_key_and_suggests():
+    cfg = compose_config(["+method.kl_treshold=0.9"])
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    msg = str(err.value)
+    assert "method.kl_treshold" in msg and "kl_threshold" in msg and "Did you mean" in msg
+
+
+def test_unknown_nested_key_is_rejected():
+    cfg = compose_config(["+method.extract.timestpe=10"])
+    with pytest.raises(ConfigError, match=r"method\.extract\.timestpe.*Did you mean 'timestep'"):
+        validate(cfg)
+
+
+def test_wrong_type_names_key():
+    cfg = compose_config(["method.extract.timestep=abc"])
+    with pytest.raises(ConfigError, match=r"method\.extract\.timestep"):
+        validate(cfg)
+
+
+def test_unknown_top_level_key():
+    cfg = compose_config(["+rnu.batch_size=2"])
+    with pytest.raises(ConfigError, match=r"'rnu'.*Did you mean 'run'"):
+        validate(cfg)
+
+
+def test_bad_choice_value_lists_choices():
+    cfg = compose_config(["method.extract.latent=avg"])
+    with pytest.raises(ConfigError, match=r"method\.extract\.latent.*mean, sample"):
+        validate(cfg)
+
+
+def test_unknown_group_option_suggests():
+    with pytest.raises(UsageError):
+        check_group_choices(["method=difseg"])
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmark", "method=difseg"], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
+    assert proc.returncode == 2
+    assert "Did you mean 'diffseg'" in proc.stderr and "Valid choices" in proc.stderr
+
+
+def test_grid_override_needs_no_plus_and_expands_product():
+    args = prepare_argv(["method.grid.kl_threshold=[0.8,0.9,1.0]"])
+    assert args == ["++method.grid.kl_threshold=[0.8,0.9,1.0]"]
+    v = validate(compose_config(["method.grid.kl_threshold=[0.8,0.9,1.0]", "method.grid.anchor_grid=[8,16]"]))
+    assert len(v.method.points) == 6
+    assert v.method.grid_keys == ["kl_threshold", "anchor_grid"]
+    assert [p.kl_threshold for p in v.method.points][:2] == [0.8, 0.8]
+
+
+def test_unknown_grid_axis_is_rejected_with_hint():
+    cfg = compose_config(["method.grid.timestep=[100,300]"])
+    with pytest.raises(ConfigError, match=r"method\.grid\.timestep.*sweep them with -m"):
+        validate(cfg)
+
+
+def test_help_and_cfg_job_show_settable_keys():
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--help"], capture_output=True, text=True, cwd=REPO, timeout=120
+    ).stdout
+    for group in ("dataset", "model", "method", "metric", "logger"):
+        assert f"{group}:" in out
+    assert "method.grid" in out
+    job = subprocess.run(
+        [sys.executable, "-m", "benchmark", "--cfg", "job", "method=diffseg"], capture_output=True, text=True,
+        cwd=REPO, timeout=120,
+    ).stdout
+    assert "kl_threshold" in job and "extract:" in job
+
+
+def test_groups_constant_matches_conf_dirs():
+    present = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
+    assert {"dataset", "model", "method", "metric", "logger", "experiment"} <= present
+    assert set(GROUPS) >= {"dataset", "model", "method", "metric", "logger", "experiment"}
