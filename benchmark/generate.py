@@ -40,15 +40,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from benchmark.config import ConfigError, json_safe, validate_method, validate_model
 
 log = logging.getLogger("benchmark.generate")
 
 CONFIG_NAME = "generate"
-TOP_KEYS = ("model", "method", "classes", "class_subset", "n_per_class", "out_dir", "split", "seed",
-            "uncertain_from", "jpeg_quality", "progress")
 #: label value of pixels left uncertain (ignored by the dataset readers)
 UNCERTAIN = 255
 SETTINGS_FILE = "generation.json"
@@ -160,13 +158,14 @@ class Generator:
     def __init__(self, cfg: DictConfig):
         from benchmark.config import to_dataclass
 
-        unknown = [k for k in cfg.keys() if k not in TOP_KEYS and k != "hydra"]
+        top_keys = ["model", "method"] + [f.name for f in dataclasses.fields(GenerateConfig)]
+        unknown = [k for k in cfg.keys() if k not in top_keys and k != "hydra"]
         if unknown:
             from benchmark.registry import did_you_mean
 
             raise ConfigError(
-                f"Unknown config key '{unknown[0]}' of benchmark.generate. Valid keys: {', '.join(TOP_KEYS)}."
-                + did_you_mean(unknown[0], TOP_KEYS)
+                f"Unknown config key '{unknown[0]}' of benchmark.generate. Valid keys: {', '.join(top_keys)}."
+                + did_you_mean(unknown[0], top_keys)
             )
         plain = {k: cfg[k] for k in cfg.keys() if k not in ("model", "method", "hydra")}
         self.options: GenerateConfig = to_dataclass(plain, GenerateConfig, "generate")
@@ -320,19 +319,14 @@ class Generator:
 
 def generate(cfg: DictConfig) -> Dict[str, Any]:
     """Run one generate job from a composed config (tests and scripts call this)."""
-    summary = Generator(cfg).run()
-    return summary
+    return Generator(cfg).run()
 
 
 def compose_generate_config(overrides: Sequence[str] = ()) -> DictConfig:
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """Compose ``conf/generate.yaml`` with command-line style overrides, as the CLI does."""
+    from benchmark.compose import compose_config
 
-    from benchmark.__main__ import CONF_DIR, prepare_argv
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name=CONFIG_NAME, overrides=prepare_argv(list(overrides)))
+    return compose_config(overrides, config_name=CONFIG_NAME)
 
 
 def print_summary(summary: Dict[str, Any]) -> None:

@@ -98,13 +98,15 @@ def time_variants(arch: str, size: int, chunk_size: int, repeats: int) -> dict:
 
     passes = _setup(arch, size, chunk_size)
     times = {v: [] for v in VARIANTS}
+    cpu_times = {v: [] for v in VARIANTS}
     for round_ in range(repeats + 1):  # round 0 warms up allocators and kernels
         for variant in VARIANTS:
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             passes[variant]()
             if round_:
                 times[variant].append(time.perf_counter() - start)
-    return {"times": times, "threads": torch.get_num_threads()}
+                cpu_times[variant].append(time.process_time() - start_cpu)
+    return {"times": times, "cpu_times": cpu_times, "threads": torch.get_num_threads()}
 
 
 def capture_benchmark(args: argparse.Namespace) -> None:
@@ -116,7 +118,8 @@ def capture_benchmark(args: argparse.Namespace) -> None:
             out_path = os.path.join(tmp, f"{variant}.pt")
             cmd = [
                 sys.executable, "-m", "benchmark.perf", "_memory", variant, "--arch", args.arch,
-                "--size", str(args.size), "--chunk-size", str(args.chunk_size), "--out", out_path,
+                "--size", str(args.size), "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
+                "--out", out_path,
             ]
             print(f"[memory] {variant}: one pass in a fresh process ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -130,16 +133,19 @@ def capture_benchmark(args: argparse.Namespace) -> None:
     best = {v: min(ts) for v, ts in timing["times"].items()}
     print(f"UNet {args.arch}, latent {args.size}x{args.size}, fp32, batch 1, chunk {args.chunk_size}, "
           f"{timing['threads']} threads, {args.repeats} timed passes per variant")
-    print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'peak RSS MB':>12s} {'RSS ratio':>9s} "
-          f"{'pass +MB':>9s} {'max|dout|':>10s}")
+    best_cpu = {v: min(ts) for v, ts in timing["cpu_times"].items()}
+    print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'cpu ratio':>9s} {'peak RSS MB':>12s} "
+          f"{'RSS ratio':>9s} {'pass +MB':>9s} {'max|dout|':>10s}")
     plain_mem = memory["plain"]["peak_rss_mb"]
     for variant in VARIANTS:
         m = memory[variant]
         diff = (outputs[variant] - outputs["plain"]).abs().max().item()
         print(f"{variant:8s} {best[variant]:7.2f} {statistics.median(timing['times'][variant]):9.2f} "
-              f"{best[variant] / best['plain']:6.3f} {m['peak_rss_mb']:12.0f} {m['peak_rss_mb'] / plain_mem:9.3f} "
+              f"{best[variant] / best['plain']:6.3f} {best_cpu[variant] / best_cpu['plain']:9.3f} "
+              f"{m['peak_rss_mb']:12.0f} {m['peak_rss_mb'] / plain_mem:9.3f} "
               f"{m['peak_rss_mb'] - m['rss_after_build_mb']:9.0f} {diff:10.2e}")
-    print("(pass +MB = peak RSS minus RSS after building the model: what the pass itself adds)")
+    print("(ratio: wall-clock minimum / plain; cpu ratio: process CPU time, less sensitive to other processes "
+          "on the machine; pass +MB: peak RSS minus RSS after building the model)")
     print(f"cross_capture_overhead_ratio={best['cross'] / best['plain']:.3f}")
     print(f"peak_rss_ratio={memory['self16']['peak_rss_mb'] / plain_mem:.3f}")
     print(f"capture_overhead_ratio={best['self16'] / best['plain']:.3f}")
@@ -157,8 +163,14 @@ def main(argv=None) -> None:
     for p in (cap, child):
         p.add_argument("--arch", default="sd2_base", choices=("sd2_base", "sd14"))
         p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px images)")
-        p.add_argument("--chunk-size", type=int, default=512, help="query rows per capture chunk")
+        p.add_argument("--chunk-size", type=int, default=128, help="query rows per capture chunk")
+    for p in (cap, child):
+        p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
     args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.size % 8:
         parser.error(f"--size {args.size}: must be a multiple of 8")
     if args.command == "capture":

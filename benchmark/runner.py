@@ -306,6 +306,7 @@ class Runner:
             "method": v.method.name,
             "dataset": v.dataset.name,
             "model": model_name if self.method.needs_diffusion else "none",
+            "method_note": getattr(v.method.cls, "note", None),
             "metric": v.metric.name,
             "metric_params": json_safe(dataclasses.asdict(v.metric.params)),
             "class_names": list(self.dataset.class_names),

@@ -100,6 +100,8 @@ def to_latex(frame: pd.DataFrame, caption: str = "") -> str:
 
 def notes_for(payload: Mapping[str, Any]) -> List[str]:
     notes = []
+    if payload.get("method_note"):
+        notes.append(f"{payload['method']}: {payload['method_note']}")
     if payload.get("random_weights"):
         notes.append(PIPELINE_CHECK.format(model=payload["model"]))
     if payload.get("published"):

@@ -64,7 +64,7 @@ def self_attention_by_side(self_attn: Mapping[int, torch.Tensor]) -> Dict[int, t
     for side in sorted(self_attn, reverse=True):
         maps = self_attn[side]
         if maps.dim() == 3:
-            maps = maps.float().mean(0)
+            maps = maps[0] if maps.shape[0] == 1 else maps.float().mean(0)
         if maps.shape != (side * side, side * side):
             raise ValueError(
                 f"self_attn[{side}] has shape {tuple(self_attn[side].shape)}; expected (G, {side * side}, {side * side})"
@@ -80,6 +80,8 @@ def weights_by_side(sides: Sequence[int], weights: Sequence[float], key: str = "
     present are normalised to sum to 1 (so every aggregated query map is a
     distribution). Sides with zero weight are left out.
     """
+    if not sides:
+        raise ValueError("no self-attention was captured (AttentionMaps.self_attn is empty)")
     n = max(sides)
     out: Dict[int, float] = {}
     for side in sides:
@@ -112,7 +114,7 @@ def upsample_keys(maps: torch.Tensor, side: int) -> torch.Tensor:
     s = math.isqrt(keys)
     if s == side:
         return maps
-    up = F.interpolate(maps.view(q, 1, s, s), size=(side, side), mode="bilinear", align_corners=False)
+    up = F.interpolate(maps.reshape(q, 1, s, s), size=(side, side), mode="bilinear", align_corners=False)
     return up.view(q, side * side)
 
 

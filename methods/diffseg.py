@@ -18,10 +18,11 @@ Pipeline for one image (official code: google/diffseg, ``diffseg/segmentor.py``)
 """
 from __future__ import annotations
 
+import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from .attention_ops import (
     log_terms,
     self_attention_by_side,
     standard_self_resolutions,
+    symmetric_kl,
     upsample_argmax,
     weights_by_side,
 )
@@ -139,9 +141,8 @@ class DiffSeg(Method):
 
     def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: DiffSegParams) -> torch.Tensor:
         taus = params.thresholds()
-        maps = self_attention_by_side(attn.self_attn)
-        side = max(maps)
-        first = self._iteration0(attn, maps, params)
+        first = self._iteration0(attn, params)
+        side = math.isqrt(first.aggregated.shape[0])
         proposals = merge_anchors(first.aggregated, first.distances, first.usable, taus[0], params.fp16_first_iteration)
         if proposals is None:
             # every anchor map has a zero entry (fp16 underflow of very peaked attention):
@@ -159,8 +160,8 @@ class DiffSeg(Method):
             proposals = refine_proposals(first.aggregated, proposals, params.refine_max_iter, params.refine_tol)
         return upsample_argmax(proposals.view(-1, side, side), ctx.out_size, params.upsample)
 
-    def _iteration0(self, attn: AttentionMaps, maps: Dict[int, torch.Tensor], params: DiffSegParams) -> _Iteration0:
-        weights = weights_by_side(list(maps), params.resolution_weights, "method.resolution_weights")
+    def _iteration0(self, attn: AttentionMaps, params: DiffSegParams) -> _Iteration0:
+        weights = weights_by_side(list(attn.self_attn), params.resolution_weights, "method.resolution_weights")
         # identity of the captured tensors (held by the key, so ids cannot be recycled)
         key = (
             tuple(attn.self_attn.items()),
@@ -171,6 +172,7 @@ class DiffSeg(Method):
         if self._memo_key is not None and _same_key(self._memo_key, key):
             return self._memo_value
         self._memo_key = self._memo_value = None  # its buffers are about to be overwritten
+        maps = self_attention_by_side(attn.self_attn)
         side = max(maps)
         device = next(iter(maps.values())).device
         out = self._workspace.get("aggregated", (side * side, side * side), torch.float32, device)
@@ -247,8 +249,7 @@ def merge_anchors(
 def proposal_distances(proposals: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Symmetric KL between all proposals (M × M, in the proposals' dtype) and usability."""
     logs, h, valid = log_terms(proposals)
-    cross = proposals @ logs.T
-    distances = 0.5 * (h[:, None] + h[None, :] - cross - cross.T)
+    distances = symmetric_kl(proposals, proposals, logs, logs, h, h)
     return distances, valid[:, None] & valid[None, :]
 
 

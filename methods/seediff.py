@@ -32,9 +32,19 @@ Ablations (in-run grid axes, all on one captured pass):
 * ``ca_resolution`` — Table 4 (16 | 32 | 64): the side of the CA map the seeds come from;
   it is resized to the first expansion side, so only the CA map changes.
 
-Differences from the paper forced by the capture (documented, not hidden): Eq. 5
-normalises every layer's map at every step by its max before averaging; the capture
-keeps only the head-, layer- (and step-) mean, so the mean is normalised instead.
+Choices the equations leave open (documented, not hidden):
+
+* Eq. 5 normalises every layer's map at every step by its max before averaging; the
+  capture keeps only the head-, layer- (and step-) mean, so the mean is normalised.
+* Every expanded map M'_k is normalised (``normalize``) so that α applies to it; seeds of
+  the next side come from the upsampled map as it is (Eqs. 8–9). An empty seed set
+  expands to a zero map. Eq. 11's product is not re-normalised (paper preset).
+* A class word of several sub-tokens reads the columns ``token_rule`` selects.
+* Segment mode: every prompt (candidate class, or each of its synonyms) grows its own
+  mask from its own cross-attention; self-attention is the image's prompt mean unless
+  ``extract.self_attn_per_prompt``; classes score Eq. 12's m, background the constant
+  ``bg_threshold`` (0: background where no class reaches β); datasets without a
+  background class take the class of highest M_final everywhere.
 """
 from __future__ import annotations
 
@@ -315,7 +325,7 @@ def seediff_maps(ca: torch.Tensor, self_attn: Dict[int, torch.Tensor], sides: Se
     ca: raw class CA maps (P, r, r) at ``params.ca_resolution``; self_attn: {side: (G, s², s²)};
     sides: the expansion sides, ascending (the last one is the output side of SA stages).
     """
-    n_classes = ca.shape[0]
+    n_prompts = ca.shape[0]
     norm = params.normalize
     if params.stage == "caa":
         return normalize_maps(ca, norm)
@@ -325,21 +335,21 @@ def seediff_maps(ca: torch.Tensor, self_attn: Dict[int, torch.Tensor], sides: Se
         return resize_maps(maps, (side, side), params.resize)
 
     def flat(maps: torch.Tensor) -> torch.Tensor:
-        return maps.reshape(n_classes, -1)
+        return maps.reshape(n_prompts, -1)
 
     def square(maps: torch.Tensor, side: int) -> torch.Tensor:
-        return maps.reshape(n_classes, side, side)
+        return maps.reshape(n_prompts, side, side)
 
     if params.stage == "ca_sa":
         weights = flat(normalize_maps(at(ca, last), norm))
         for _ in range(params.sa_power):
             # (SA · vec CA)[i] = Σ_j SA[i, j] CA[j]: each query takes the CA of what it attends to
-            weights = _apply_rows_transposed(weights, _per_prompt(self_attn[last], n_classes))
+            weights = _apply_rows_transposed(weights, _per_prompt(self_attn[last], n_prompts))
         return square(normalize_maps(weights, norm), last)
 
     if params.stage == "cre":
         # one expansion per side from the CA seeds themselves (no chaining), averaged at the last side
-        total = torch.zeros(n_classes, last, last, dtype=ca.dtype, device=ca.device)
+        total = torch.zeros(n_prompts, last, last, dtype=ca.dtype, device=ca.device)
         for side in sides:
             seeds = foreground_seeds(flat(normalize_maps(at(ca, side), norm)), params)
             expanded = normalize_maps(expand_seeds(seeds, self_attn[side], params.expansion), norm)
@@ -406,8 +416,8 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: S
         padded = F.pad(out.unsqueeze(1), [pad] * 4, mode="replicate")[:, 0]
         step = torch.zeros_like(out)
         for k, (d, dy, dx) in enumerate(shifts):
-            y, x = pad + dy * d, pad + dx * d
-            step.addcmul_(padded[:, y : y + height, x : x + width], affinity[k])
+            top, left = pad + dy * d, pad + dx * d  # replicate padding = clamped coordinates
+            step.addcmul_(padded[:, top : top + height, left : left + width], affinity[k])
         out = step
     return out
 

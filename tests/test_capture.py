@@ -293,6 +293,8 @@ def test_capture_input_errors(tiny_model):
         tiny_model.capture([image.float()], [QUERIES[0]], REQUEST, EXTRACT)
     with pytest.raises(ValueError, match="image_size=100"):
         tiny_model.capture([image], [QUERIES[0]], REQUEST, dataclasses.replace(EXTRACT, image_size=100))
+    with pytest.raises(ValueError, match=r"resolution\(s\) \[64\] requested.*attention at \[16, 8, 4, 2\]"):
+        tiny_model.capture([image], [QUERIES[0]], AttentionRequest((64, 16)), EXTRACT)
     with pytest.raises(ValueError, match="generation mode"):
         tiny_model.capture([image], [QUERIES[0]], REQUEST, dataclasses.replace(EXTRACT, steps=3))
     with pytest.raises(ValueError, match="'horse'.*'a photograph of dog'"):

@@ -20,7 +20,7 @@ ARGS = ["model=tiny", "dataset=synthetic", "dataset.n_images=5", "method=diffseg
 def _torchrun(run_dir: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--master-port=0",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
          "-m", "benchmark", *ARGS, f"hydra.run.dir={run_dir}"],
         capture_output=True, text=True, cwd=REPO, env=env, timeout=600,
     )
@@ -48,7 +48,6 @@ def test_two_gloo_ranks_equal_single_process_and_resume(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     c = json.loads((tmp_path / "dist" / "metrics.json").read_text())
     assert c["results"] == a["results"] and c["diffusion_passes"] == 5
-    assert "1 diffusion passes" not in proc.stdout or True  # summary wording is not the contract
     assert single.payload["n_images"] == 5
 
 

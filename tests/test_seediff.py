@@ -397,7 +397,8 @@ def test_code_preset_switches_change_the_output():
     sa = {s: random_sa(s, g) for s in SIDES}
     base = SeeDiffCodeParams(ca_resolution=4, sa_resolutions=SIDES, pamr_iterations=0)
     out = seediff_maps(ca, sa, SIDES, base)
-    for key, value in (("seed_rule", "threshold"), ("expansion", "mean"), ("background", "last"), ("resize", "bilinear")):
+    for key, value in (("seed_rule", "threshold"), ("expansion", "mean"), ("background", "last"), ("resize", "bilinear"),
+                       ("normalize", "max")):
         changed = SeeDiffCodeParams(**{**base.__dict__, key: value})
         assert not torch.allclose(seediff_maps(ca, sa, SIDES, changed), out), key
 

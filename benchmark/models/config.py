@@ -36,7 +36,7 @@ class ModelConfig:
     device: str = "auto"
     #: query rows per chunk of the capturing attention, summed over the batch rows
     #: (memory of one chunk ~ chunk_size x heads x keys x 4 bytes)
-    chunk_size: int = 512
+    chunk_size: int = 128
     #: UNet batch rows (prompts) per forward call; more prompts are split into several calls
     max_batch: int = 16
     #: allow downloading a hub id that is not in the local HF cache (never when HF_HUB_OFFLINE=1)

@@ -69,7 +69,7 @@ class DiffusionModel:
         dtype: torch.dtype,
         model_id: str,
         fingerprint: str,
-        chunk_size: int = 512,
+        chunk_size: int = 128,
         max_batch: int = 16,
     ):
         self.device = torch.device(device)
@@ -128,6 +128,17 @@ class DiffusionModel:
                 f"(VAE factor {self.vae_scale_factor} x UNet downsampling)"
             )
         return size // self.vae_scale_factor
+
+    def check_resolutions(self, request: AttentionRequest, latent_side: int) -> None:
+        """Fail before the pass when a requested resolution does not exist for this latent size."""
+        available = {latent_side >> i for i in range(len(self.unet.config.block_out_channels))}
+        for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
+            missing = sorted(set(sides) - available, reverse=True)
+            if missing:
+                raise ValueError(
+                    f"{kind}-attention resolution(s) {missing} requested, but a {latent_side}x{latent_side} latent "
+                    f"(image_size {latent_side * self.vae_scale_factor}) has attention at {sorted(available, reverse=True)}"
+                )
 
     def encode_images(self, images: Sequence[torch.Tensor], extract: ExtractionConfig, keys: Sequence[str]) -> torch.Tensor:
         """Scaled VAE latents (N, 4, s/8, s/8) of images resized bilinearly (no aspect kept) to image_size."""
@@ -224,7 +235,7 @@ class DiffusionModel:
         bad = [t for t in steps if not 0 <= t < n_train]
         if bad:
             raise ValueError(f"timestep(s) {bad} outside [0, {n_train}) of the scheduler")
-        self.check_image_size(extract.image_size)
+        self.check_resolutions(request, self.check_image_size(extract.image_size))
         positions = [self._positions(qs) for qs in queries]
         if request.empty:
             return [AttentionMaps({}, {}, list(qs), pos) for qs, pos in zip(queries, positions)]
@@ -284,6 +295,7 @@ class DiffusionModel:
 
         self._check_common(request, extract)
         side = self.check_image_size(extract.image_size)
+        self.check_resolutions(request, side)
         seed = extract.seed if seed is None else int(seed)
         guided = float(extract.guidance_scale) != 1.0
         per_call = max(1, self.max_batch // (2 if guided else 1))
