@@ -114,6 +114,8 @@ def to_dataclass(node: Any, schema: type, where: str) -> Any:
         key = getattr(err, "full_key", None) or "?"
         msg = str(err).splitlines()[0]
         raise ConfigError(f"Invalid value for config key '{where}.{key}': {msg}") from None
+    except (ValueError, TypeError) as err:  # a plugin's own check in __post_init__
+        raise ConfigError(f"Invalid config in '{where}': {err}") from None
 
 
 def choice(value: str, choices: Any, key: str) -> str:

@@ -77,18 +77,10 @@ class GenerateConfig:
 
 
 def voc_palette() -> List[int]:
-    """The Pascal VOC colour map (256 RGB entries), as in the devkit's ``labelcolormap``."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette.extend((r, g, b))
-    return palette
+    """The Pascal VOC colour map as PIL's flat palette list (256 RGB entries)."""
+    from benchmark.visualize import palette
+
+    return palette(256).reshape(-1).tolist()
 
 
 def load_class_list(spec: str) -> List[str]:

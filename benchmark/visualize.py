@@ -5,13 +5,15 @@ import numpy as np
 
 
 def palette(n: int = 256) -> np.ndarray:
-    """The PASCAL VOC bit-interleaving palette: (n, 3) uint8; id 255 (ignore) is white."""
+    """The PASCAL VOC devkit colour map (``labelcolormap``): (n, 3) uint8.
+
+    Index i gets the colour bits of i interleaved over R, G, B; 255 (ignore) is (224, 224, 192).
+    """
     ids = np.arange(n)
     pal = np.zeros((n, 3), dtype=np.int64)
     for shift in range(8):
         for channel in range(3):
             pal[:, channel] |= ((ids >> (3 * shift + channel)) & 1) << (7 - shift)
-    pal[255 % n] = 255
     return pal.astype(np.uint8)
 
 

@@ -75,17 +75,9 @@ def write_label(path: Path, label: np.ndarray, palette: bool = False) -> None:
 
 
 def _voc_palette() -> List[int]:
-    colours = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        colours += [r, g, b]
-    return colours
+    from benchmark.visualize import palette
+
+    return palette(256).reshape(-1).tolist()
 
 
 def _split_file(root: Path, list_dir: str, split: str, ids: Iterable[str]) -> None:

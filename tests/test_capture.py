@@ -354,3 +354,42 @@ def test_generate_averages_conditional_attention_over_steps(tiny_model):
     # the decoded final latents (the reference used a different attention kernel: ±1 rounding)
     expected_images = torch.stack(tiny_model.decode_latents(latents))
     assert (torch.stack(images).int() - expected_images.int()).abs().max() <= 1
+
+
+def test_processor_handles_masks_and_4d_inputs_like_sdpa():
+    """The paths SD's UNet does not use (attention masks, (B, C, H, W) inputs) still match SDPA."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+
+    from benchmark.attention.capture import _Accumulator
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=2, dim_head=16).eval()
+    hidden, context = torch.randn(2, 16, 32), torch.randn(2, 5, 24)
+    mask = torch.zeros(2, 1, 5)
+    mask[0, 0, 3:] = -10000.0  # row 0 may not attend to keys 3, 4
+    acc = _Accumulator("cross", (4,), 2)
+    acc.set_groups(torch.tensor([0, 1]))
+    capturing = CapturingAttnProcessor(AttnProcessor2_0(), acc, "x", chunk_size=3)
+    with torch.no_grad():
+        expected = AttnProcessor2_0()(attn, hidden, context, attention_mask=mask)
+        got = capturing(attn, hidden, context, attention_mask=mask)
+        q = attn.to_q(hidden).view(2, 16, 2, 16).transpose(1, 2)
+        k = attn.to_k(context).view(2, 5, 2, 16).transpose(1, 2)
+        probs = torch.softmax(q @ k.transpose(-1, -2) / 4.0 + mask[:, None], dim=-1).mean(1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    with torch.no_grad():  # the same mask in SDPA's boolean form
+        got_bool = capturing(attn, hidden, context, attention_mask=mask == 0)
+    torch.testing.assert_close(got_bool, expected, atol=1e-5, rtol=0)
+    captured = acc.result("all")[4]  # mean of the two calls, which saw the same probabilities
+    torch.testing.assert_close(captured, probs, atol=1e-5, rtol=0)
+    assert captured[0, :, 3:].max() < 1e-6
+
+    self_attn = Attention(query_dim=32, heads=2, dim_head=16, norm_num_groups=8, residual_connection=True).eval()
+    image_like = torch.randn(1, 32, 4, 4)
+    acc = _Accumulator("self", (4,), 1)
+    acc.set_groups(torch.tensor([0]))
+    with torch.no_grad():
+        expected = AttnProcessor2_0()(self_attn, image_like)
+        got = CapturingAttnProcessor(AttnProcessor2_0(), acc, "y", chunk_size=5)(self_attn, image_like)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(acc.result("all")[4].sum(-1), torch.ones(1, 16), atol=1e-5, rtol=0)

@@ -123,3 +123,9 @@ def test_groups_constant_matches_conf_dirs():
     present = {p.name for p in CONF_DIR.iterdir() if p.is_dir()}
     assert {"dataset", "model", "method", "metric", "logger", "experiment"} <= present
     assert set(GROUPS) >= {"dataset", "model", "method", "metric", "logger", "experiment"}
+
+
+def test_plugin_value_checks_surface_as_config_errors():
+    cfg = compose_config(["method.kl_threshold=[1.0,1.1]"])  # 2 values for 3 merge iterations
+    with pytest.raises(ConfigError, match="kl_threshold"):
+        validate(cfg)

@@ -31,6 +31,13 @@ from benchmark.types import AttentionMaps, PromptQuery
 
 log = logging.getLogger(__name__)
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
 STORAGE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 FORMAT = "attention-maps/1"
 
@@ -114,6 +121,7 @@ class AttentionCache:
                 out.write(data)
                 out.flush()
                 os.fsync(out.fileno())
+            os.chmod(temp, _FILE_MODE)  # mkstemp makes 0600 files; a shared cache needs the usual mode
             os.replace(temp, target)
         except BaseException:
             try:

@@ -218,6 +218,8 @@ class CapturingAttnProcessor:
         query = query.float() * scale
         key_t = key.float().transpose(-1, -2)
         value = value.float()
+        if mask is not None and mask.dtype == torch.bool:  # SDPA's boolean convention: True = may attend
+            mask = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill_(~mask, float("-inf"))
         out = torch.empty(batch, heads, n_queries, head_dim, dtype=torch.float32, device=query.device)
         rows_per_chunk = max(1, self.chunk_size // batch)
         for start in range(0, n_queries, rows_per_chunk):

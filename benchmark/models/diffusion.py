@@ -51,6 +51,13 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     return module.to(device).eval().requires_grad_(False)
 
 
+def _own(maps: torch.Tensor, part: slice) -> torch.Tensor:
+    """``maps[part]`` in its own storage (a view would keep the whole batch buffer alive),
+    without a copy when the part is the whole buffer (one image per call: the usual case)."""
+    view = maps[part]
+    return view if view.numel() == maps.numel() else view.clone()
+
+
 class DiffusionModel:
     """SD components on one device, with counters of the UNet work done.
 
@@ -268,8 +275,8 @@ class DiffusionModel:
             groups = prompts if extract.self_attn_per_prompt else slice(i, i + 1)
             out.append(
                 AttentionMaps(
-                    {r: a[groups].clone() for r, a in self_maps.items()},
-                    {r: a[prompts].clone() for r, a in cross_maps.items()},
+                    {r: _own(a, groups) for r, a in self_maps.items()},
+                    {r: _own(a, prompts) for r, a in cross_maps.items()},
                     list(qs),
                     positions[i],
                 )
@@ -328,8 +335,8 @@ class DiffusionModel:
             for i, q in enumerate(chunk):
                 maps.append(
                     AttentionMaps(
-                        {r: a[i : i + 1].clone() for r, a in self_maps.items()},
-                        {r: a[i : i + 1].clone() for r, a in cross_maps.items()},
+                        {r: _own(a, slice(i, i + 1)) for r, a in self_maps.items()},
+                        {r: _own(a, slice(i, i + 1)) for r, a in cross_maps.items()},
                         [q],
                         self._positions([q]),
                     )
