@@ -85,12 +85,6 @@ def fingerprint(v: Validated) -> Dict[str, Any]:
     })
 
 
-def passes_for(n_prompts: int, extract: Any) -> int:
-    """UNet evaluations for one image: prompts x steps (x2 with classifier-free guidance)."""
-    cfg_factor = 2 if float(extract.guidance_scale) != 1.0 else 1
-    return int(n_prompts) * int(extract.steps) * cfg_factor
-
-
 class Runner:
     def __init__(self, cfg: DictConfig, run_dir: Path):
         self.cfg = cfg
@@ -261,10 +255,13 @@ class Runner:
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
         if missing:
-            fresh = model.capture([samples[i].image for i in missing], [queries[i] for i in missing], self.request, extract)
+            fresh = model.capture(
+                [samples[i].image for i in missing], [queries[i] for i in missing], self.request, extract,
+                image_ids=[samples[i].image_id for i in missing],  # noise seeded per image id
+            )
             for i, m in zip(missing, fresh):
                 maps[i] = m
-                passes[i] = passes_for(len(queries[i]), extract)
+                passes[i] = model.passes_per_image(len(queries[i]), extract)
                 if cache is not None:
                     cache.save(keys[i], m)
         return maps, passes
