@@ -318,7 +318,7 @@ class Runner:
             "grid_keys": list(v.method.grid_keys),
             "results": results,
             "random_weights": bool(self.method.needs_diffusion and model_name in RANDOM_WEIGHT_MODELS),
-            "published": published_numbers(v.reference) if v.reference else {},
+            "published": self._published(),
             "oracle_keys": [k for k in v.method.grid_keys if k in getattr(v.method.cls, "oracle_keys", ())],
             "image_ids": sorted(r.image_id for r in ok),
         }
@@ -332,6 +332,19 @@ class Runner:
         if self.rank == 0:
             self._write(payload, recs, points)
         return payload
+
+    def _published(self) -> Dict[str, Any]:
+        """Published numbers of the experiment, only when this run evaluates their dataset."""
+        ref = self.v.reference
+        if not ref:
+            return {}
+        if ref.get("dataset") != self.v.dataset.name:
+            log.warning(
+                "published numbers are for dataset %s, this run evaluates %s: not shown side by side",
+                ref.get("dataset"), self.v.dataset.name,
+            )
+            return {}
+        return published_numbers(ref)
 
     def _write(self, payload: Dict[str, Any], recs: List[ImageRecord], points: List[Dict[str, Any]]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

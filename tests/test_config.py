@@ -129,3 +129,23 @@ def test_plugin_value_checks_surface_as_config_errors():
     cfg = compose_config(["method.kl_threshold=[1.0,1.1]"])  # 2 values for 3 merge iterations
     with pytest.raises(ConfigError, match="kl_threshold"):
         validate(cfg)
+
+
+SWEEP_BASES = {"alpha_beta": ["method=seediff"], "bg_threshold": ["method=diffsegmenter"]}
+
+
+@pytest.mark.parametrize("option", group_options("sweep"))
+def test_every_sweep_composes_and_validates(option):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    overrides = SWEEP_BASES.get(option, ["experiment=diffseg_cocostuff27"]) + [f"sweep={option}"]
+    v = validate(compose_config(overrides))
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        full = compose("config", overrides=overrides, return_hydra_config=True)
+    job_axes = dict(full.hydra.sweeper.params or {})
+    # a sweep is either an in-run grid (cheap axes) or Hydra job axes (expensive ones)
+    assert (len(v.method.points) > 1) != bool(job_axes), option
+    for key in job_axes:
+        assert key.split(".")[0] in ("method", "model", "dataset"), key

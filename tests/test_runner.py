@@ -200,3 +200,29 @@ def test_default_cli_run_says_pipeline_check(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "PIPELINE CHECK" in proc.stdout
     assert (tmp_path / "metrics.json").exists()
+
+
+def test_experiment_prints_published_numbers_beside_measured(tmp_path):
+    import dataset_layouts as layouts
+
+    expected = layouts.write_cocostuff(tmp_path / "data", config="cocostuff27")
+    ids = "[" + ",".join(f"'{i}'" for i in sorted(expected)) + "]"
+    out = run_with_overrides(
+        ["experiment=diffseg_cocostuff27", "model=tiny", f"dataset.root={tmp_path / 'data'}", f"dataset.ids={ids}",
+         "dataset.num_workers=0", "method.extract.image_size=128", "run.progress=false"],
+        tmp_path / "run",
+    )
+    assert out.payload["published"]["mIoU"] == 43.6 and out.payload["published"]["status"] == "cited"
+    frame = pd.read_csv(tmp_path / "run" / "table.csv")
+    measured = out.payload["results"][0]["metrics"]["mIoU"]
+    assert frame.loc[0, "mIoU (paper)"] == 43.6
+    assert frame.loc[0, "ΔmIoU"] == pytest.approx(round(measured - 43.6, 2))
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "PIPELINE CHECK" in table and "cited" in table
+    # the same experiment on another dataset does not show cocostuff27's numbers
+    other = run_with_overrides(
+        ["experiment=diffseg_cocostuff27", "model=tiny", "dataset=synthetic", "dataset.n_images=1",
+         "method.extract.image_size=128", "run.progress=false"],
+        tmp_path / "other",
+    )
+    assert other.payload["published"] == {}
