@@ -234,6 +234,11 @@ def validate(cfg: DictConfig) -> Validated:
                 f"Unknown top-level config key '{key}'. Valid keys: {', '.join(sorted(top))}." + did_you_mean(key, top)
             )
     method = validate_method(cfg.method)
+    if method.extract.steps != 1:
+        raise ConfigError(
+            f"method.extract.steps={method.extract.steps}: evaluation runs one pass on each real image (steps=1); "
+            "generation from noise over several steps is `python -m benchmark.generate`"
+        )
     logger = to_dataclass(cfg.get("logger", {}), LoggerConfig, "logger")
     choice(logger.name, LOGGERS, "logger.name")
     choice(logger.mode, WANDB_MODES, "logger.mode")
