@@ -200,13 +200,14 @@ def validate_method(node: Any) -> MethodSpec:
     )
 
 
-def validate_metric(node: Any, method_cls: Type[Any]) -> MetricSpec:
+def validate_metric(node: Any, task: str) -> MetricSpec:
+    """``task`` = the method's output kind: "unsupervised" (segment ids) or class labels."""
     from benchmark.metrics import METRICS, get_metric
 
     data = dict(_plain(node) or {})
     name = data.pop("name", "auto")
     if name == "auto":
-        name = "hungarian_image" if getattr(method_cls, "task", "") == "unsupervised" else "miou"
+        name = "hungarian_image" if task == "unsupervised" else "miou"
     choice(name, sorted(METRICS), "metric.name")
     cls = get_metric(name)
     return MetricSpec(name=name, cls=cls, params=to_dataclass(data, cls.Params, "metric"))
@@ -224,6 +225,13 @@ def validate_model(node: Any) -> Any:
     from benchmark.models import ModelConfig
 
     return to_dataclass(node, ModelConfig, "model")
+
+
+def method_task(method: MethodSpec) -> str:
+    # method=predictions method.kind=segments: external segment ids, matched like DiffSeg's
+    if getattr(method.settings, "kind", None) == "segments":
+        return "unsupervised"
+    return getattr(method.cls, "task", "")
 
 
 def validate(cfg: DictConfig) -> Validated:
@@ -252,7 +260,7 @@ def validate(cfg: DictConfig) -> Validated:
         dataset=validate_dataset(cfg.dataset),
         model=validate_model(cfg.model),
         method=method,
-        metric=validate_metric(cfg.get("metric", {"name": "auto"}), method.cls),
+        metric=validate_metric(cfg.get("metric", {"name": "auto"}), method_task(method)),
         logger=logger,
         run=run,
         cache=cache,

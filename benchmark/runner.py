@@ -140,10 +140,6 @@ class Runner:
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 
-            if not settings.dir:
-                from benchmark.config import ConfigError
-
-                raise ConfigError("method=predictions needs method.dir=DIR (a folder of <image_id>.png label maps)")
             ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
         return ctx
 

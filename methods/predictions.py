@@ -25,10 +25,16 @@ class PredictionsSettings:
     #: only informs the metric=auto choice
     kind: str = "labels"
 
+    def __post_init__(self) -> None:
+        if not self.dir:
+            raise ValueError("method=predictions needs method.dir=DIR (a folder of <image_id>.png label maps)")
+        if self.kind not in ("labels", "segments"):
+            raise ValueError(f"method.kind={self.kind!r}: expected labels or segments")
+
 
 class Predictions(Method):
     name = "predictions"
-    task = "labels"
+    task = "labels"  # metric=auto -> miou; `kind: segments` users pick metric=hungarian_*
     needs_diffusion = False
     Params = NoSettings
     Settings = PredictionsSettings

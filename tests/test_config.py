@@ -149,3 +149,11 @@ def test_every_sweep_composes_and_validates(option):
     assert (len(v.method.points) > 1) != bool(job_axes), option
     for key in job_axes:
         assert key.split(".")[0] in ("method", "model", "dataset"), key
+
+
+def test_predictions_need_a_dir_and_kind_picks_the_auto_metric():
+    with pytest.raises(ConfigError, match="method.dir"):
+        validate(compose_config(["method=predictions"]))
+    assert validate(compose_config(["method=predictions", "method.dir=/x"])).metric.name == "miou"
+    v = validate(compose_config(["method=predictions", "method.dir=/x", "method.kind=segments"]))
+    assert v.metric.name == "hungarian_image"

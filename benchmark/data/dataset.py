@@ -261,6 +261,8 @@ def make_loader(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    # more decoding processes than cores only adds contention (and a torch warning)
+    num_workers = min(num_workers, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     indices = [int(i) for i in indices]
     bad = [i for i in indices if not 0 <= i < len(dataset)]
     if bad:
