@@ -7,7 +7,8 @@
   file  precomputed per-image candidates (and optional captions) from a JSON file
         (``method.candidates_file``), e.g. the official DiffSegmenter filter output:
         {"<image_id>": {"classes": ["cat", "sofa"], "caption": "..."}} or
-        {"<image_id>": ["cat", "sofa"]}; class names or indices.
+        {"<image_id>": ["cat", "sofa"]}; class names or indices; keys may also be image
+        paths (".../JPEGImages/2007_000033.jpg"), matched by their file stem.
 The background class (when the dataset has one at index 0) is never a candidate: methods
 score it with their background rule.
 """
@@ -30,7 +31,7 @@ def background_index(class_names: Sequence[str]) -> Optional[int]:
 
 
 @lru_cache(maxsize=8)
-def _load_file(path: str) -> Dict[str, Any]:
+def _load_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"method.candidates_file: {p} does not exist (expected a JSON object image_id -> classes)")
@@ -40,7 +41,9 @@ def _load_file(path: str) -> Dict[str, Any]:
         raise ValueError(f"method.candidates_file: {p} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
         raise ValueError(f"method.candidates_file: {p} must hold a JSON object image_id -> classes")
-    return data
+    # the official DiffSegmenter filter output is keyed by image paths: index their stems
+    by_stem = {Path(k).stem: k for k in data if Path(k).stem != k}
+    return data, by_stem
 
 
 def _to_indices(entries: Sequence[Any], class_names: Sequence[str], where: str) -> List[int]:
@@ -77,10 +80,14 @@ def resolve_candidates(
     elif mode == "file":
         if not candidates_file:
             raise ValueError("method.candidates=file needs method.candidates_file=PATH")
-        data = _load_file(str(candidates_file))
-        if image_id not in data:
-            raise KeyError(f"method.candidates_file {candidates_file} has no entry for image {image_id!r}")
-        entry = data[image_id]
+        data, by_stem = _load_file(str(candidates_file))
+        key = image_id if image_id in data else by_stem.get(image_id)
+        if key is None:
+            raise KeyError(
+                f"method.candidates_file {candidates_file} has no entry for image {image_id!r} "
+                "(keys may be image ids or image paths whose file stem is the id)"
+            )
+        entry = data[key]
         if isinstance(entry, dict):
             caption = entry.get("caption")
             entry = entry.get("classes", [])

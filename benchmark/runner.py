@@ -160,7 +160,9 @@ class Runner:
         fp = fingerprint(v)
         store = RecordStore(self.run_dir, fp, rank=self.rank)
         if not v.run.resume:
-            store.move_aside()
+            if self.rank == 0:
+                store.move_aside()
+            distributed.barrier()  # no rank may append before the old records are moved
         done = store.load_all() if v.run.resume else {}
         ids = list(self.dataset.ids)
         mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
@@ -187,7 +189,8 @@ class Runner:
             store.close()
 
         # exact reduction: rank 0 gathers every rank's integer per-image records
-        mine_done = {k: r.to_json() for k, r in store.load_all().items() if k in {ids[i] for i in mine}}
+        my_ids = {ids[i] for i in mine}
+        mine_done = {k: r.to_json() for k, r in store.load_all().items() if k in my_ids}
         gathered = distributed.gather_objects(mine_done)
         passes_all = distributed.gather_objects(passes_this_run)
         payload: Dict[str, Any] = {}

@@ -192,3 +192,13 @@ def test_minmax_synonym_max_and_background_rule():
     assert label_with_background(value, class_ids, 0, 0.95).tolist() == [[0, 0]]
     # no background class: the best candidate everywhere
     assert label_with_background(value, class_ids, None, 0.99).tolist() == [[7, 7]]
+
+
+def test_candidates_file_keyed_by_image_paths_matches_stems(tmp_path):
+    label = torch.tensor([[0, 1]])
+    path = tmp_path / "official.json"
+    path.write_text(json.dumps({"/data/VOC2012/JPEGImages/img7.jpg": ["cat", "dog"]}))
+    cands, caption = resolve_candidates("file", "img7", label, VOC_LIKE, 255, str(path))
+    assert cands == [1, 2] and caption is None
+    with pytest.raises(KeyError, match="img8.*file stem"):
+        resolve_candidates("file", "img8", label, VOC_LIKE, 255, str(path))
