@@ -68,10 +68,14 @@ class PromptQuery:
 
     text: the prompt ("" = the empty prompt).
     word: the substring whose tokens' cross-attention the method reads (None: no word).
+    word_weight: emphasis of ``word``'s token embeddings, Compel's convention
+        z' = z_empty + w * (z - z_empty) at the word's positions (``word++`` = 1.1**2 = 1.21);
+        1.0 = the plain text embedding.
     """
 
     text: str = ""
     word: Optional[str] = None
+    word_weight: float = 1.0
 
 
 @dataclass

@@ -19,9 +19,10 @@ Self-attention: by default the capture averages the self-attention of the image'
 class; the official code runs one pass per class and uses that pass's own map). Set
 ``method.extract.self_attn_per_prompt=true`` for the official per-class maps.
 
-Not reproduced: the ``++`` up-weighting of the class token embedding (Compel, ×1.21)
-needs embedding-level control that a text prompt cannot express, and the official
-two-token read when the caption's next word ends in "ing".
+Caption prompts carry the official ``{name}++`` emphasis of the class tokens
+(``caption_word_weight`` = 1.21, Compel's z' = z_empty + w (z - z_empty), applied by the
+model when it encodes the prompt). Not reproduced: the official two-token read when the
+caption's next word ends in "ing".
 """
 from __future__ import annotations
 

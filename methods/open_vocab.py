@@ -100,8 +100,11 @@ class OpenVocabSettings:
     #: its names. Classes not listed use their own name.
     synonyms: Optional[Dict[str, List[str]]] = None
     #: continue each prompt with the image caption (needs captions from candidates=file or
-    #: captioner=blip); the official "++" up-weighting of the class token is not applied
+    #: captioner=blip)
     caption_prompt: bool = False
+    #: emphasis of the class name in caption prompts: the official "{name}++" (Compel:
+    #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty) at the name's tokens); 1.0 = off
+    caption_word_weight: float = 1.21
     # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
     #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
     #: local Hugging Face cache
@@ -272,7 +275,10 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
     for c in classes:
         class_name = str(ctx.class_names[c]).strip()
         for name in names[c]:
-            queries.append(PromptQuery(text=prompt_text(template, name, caption, class_name), word=name))
+            weight = float(getattr(settings, "caption_word_weight", 1.0)) if caption else 1.0
+            queries.append(
+                PromptQuery(text=prompt_text(template, name, caption, class_name), word=name, word_weight=weight)
+            )
             prompt_class.append(c)
     if not queries:  # no candidate: nothing to score, but the pass needs one prompt
         queries.append(PromptQuery(text=template_prefix(template)))

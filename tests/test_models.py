@@ -157,3 +157,35 @@ def test_bad_local_folders(tmp_path):
         (tmp_path / part).mkdir()
     with pytest.raises(ModelNotFoundError, match="could not load the components"):
         load_model(ModelConfig(name="x", path=str(tmp_path)))
+
+
+def test_word_weight_emphasises_only_the_words_tokens(tiny_model):
+    from benchmark.types import PromptQuery
+
+    text, word = "a photograph of pottedplant on a table", "pottedplant"
+    plain = tiny_model.encode_prompts([text])[0]
+    empty = tiny_model.encode_prompts([""])[0]
+    same = tiny_model.encode_queries([PromptQuery(text, word)])[0]
+    assert torch.equal(same, plain)
+    weighted = tiny_model.encode_queries([PromptQuery(text, word, word_weight=1.21)])[0]
+    pos = tiny_model.token_positions(text, word)
+    assert len(pos) > 1  # a multi-token name: every sub-token is weighted
+    expected = plain.clone()
+    expected[pos] = empty[pos] + 1.21 * (plain[pos] - empty[pos])
+    torch.testing.assert_close(weighted, expected)
+    others = [i for i in range(77) if i not in pos]
+    assert torch.equal(weighted[others], plain[others])
+    with pytest.raises(ValueError, match="needs the word"):
+        tiny_model.encode_queries([PromptQuery(text, None, word_weight=1.21)])
+
+
+def test_caption_prompts_carry_the_official_word_weight():
+    from benchmark.types import SegmentContext
+    from methods.open_vocab import OpenVocabSettings, plan_prompts
+
+    names = ["background", "cat", "dog"]
+    ctx = SegmentContext("img", (4, 4), names, candidates=[1], caption="a cat on a sofa")
+    plain = plan_prompts(ctx, OpenVocabSettings(template="a photograph of"))
+    assert [q.word_weight for q in plain.queries] == [1.0]
+    captioned = plan_prompts(ctx, OpenVocabSettings(template="a photograph of", caption_prompt=True))
+    assert [q.word_weight for q in captioned.queries] == [1.21] and captioned.queries[0].word == "cat"

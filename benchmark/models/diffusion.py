@@ -127,6 +127,20 @@ class DiffusionModel:
         where = {t: i for i, t in enumerate(distinct)}
         return hidden[torch.tensor([where[t] for t in texts], device=self.device)]
 
+    def encode_queries(self, queries: Sequence[PromptQuery]) -> torch.Tensor:
+        """Hidden states of the queries' texts with each ``word_weight`` applied (Compel's
+        ``word++``): z' = z_empty + w * (z - z_empty) at the word's token positions."""
+        hidden = self.encode_prompts([q.text for q in queries])
+        weighted = [(i, q) for i, q in enumerate(queries) if float(q.word_weight) != 1.0]
+        if weighted:
+            empty = self.encode_prompts([""])[0]
+            for i, q in weighted:
+                if not q.word:
+                    raise ValueError(f"prompt {q.text!r}: word_weight={q.word_weight} needs the word to weight")
+                pos = torch.tensor(self.token_positions(q.text, q.word), device=hidden.device)
+                hidden[i, pos] = empty[pos] + float(q.word_weight) * (hidden[i, pos] - empty[pos])
+        return hidden
+
     # -- images ---------------------------------------------------------------------------
     def check_image_size(self, size: int) -> int:
         if size < self.size_multiple or size % self.size_multiple:
@@ -257,7 +271,7 @@ class DiffusionModel:
         image_of_row = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
         prompt_rows = torch.arange(int(image_of_row.numel()))
         self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
-        embeddings = self.encode_prompts([q.text for qs in queries for q in qs])
+        embeddings = self.encode_queries([q for qs in queries for q in qs])
         with AttentionCapture(
             self.unet, request, self_groups, self.chunk_size, cross_groups=prompt_rows,
             n_groups=int(self_groups.max()) + 1, n_cross_groups=int(prompt_rows.numel()),
@@ -315,7 +329,7 @@ class DiffusionModel:
             b = len(chunk)
             latents = torch.stack([_randn((channels, side, side), derive_seed(seed, "generate", start + i)) for i in range(b)])
             latents = latents.to(self.device) * scheduler.init_noise_sigma
-            embeddings = self.encode_prompts([q.text for q in chunk])
+            embeddings = self.encode_queries(chunk)
             groups = torch.arange(b)
             if guided:  # unconditional rows first, not captured
                 embeddings = torch.cat([self.encode_prompts([""] * b), embeddings])
