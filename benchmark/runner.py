@@ -91,6 +91,7 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, _ = distributed.world()
         self.v = validate(cfg)  # fails before any work on a bad config
+        self.cache_stats = {"hits": 0, "written": 0, "bytes_written": 0}
 
     # -- building blocks -----------------------------------------------------------------
     def _build(self):
@@ -251,6 +252,7 @@ class Runner:
                     image_id=s.image_id,
                 )
                 maps[i] = cache.load(keys[i])
+            self.cache_stats["hits"] += sum(m is not None for m in maps)
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
         if missing:
@@ -262,7 +264,8 @@ class Runner:
                 maps[i] = m
                 passes[i] = model.passes_per_image(len(queries[i]), extract)
                 if cache is not None:
-                    cache.save(keys[i], m)
+                    self.cache_stats["bytes_written"] += cache.save(keys[i], m)
+                    self.cache_stats["written"] += 1
         return maps, passes
 
     def _score(self, sample: Sample, ctx: SegmentContext, attn, n_passes: int, examples: List[Example]) -> ImageRecord:
@@ -315,6 +318,7 @@ class Runner:
             # passes run by this invocation (the rest were resumed or read from the cache)
             "diffusion_passes_this_run": int(passes_now),
             "grid_keys": list(v.method.grid_keys),
+            "attention_cache": self._cache_report(),
             "results": results,
             "random_weights": bool(self.method.needs_diffusion and model_name in RANDOM_WEIGHT_MODELS),
             "published": self._published(),
@@ -331,6 +335,15 @@ class Runner:
         if self.rank == 0:
             self._write(payload, recs, points)
         return payload
+
+    def _cache_report(self) -> Optional[Dict[str, Any]]:
+        """Attention-cache use of this invocation (rank 0's share under torchrun)."""
+        if not self.v.cache.dir:
+            return None
+        stats = dict(self.cache_stats, dir=self.v.cache.dir, dtype=self.v.cache.dtype)
+        if stats["written"]:
+            stats["mb_per_image"] = round(stats["bytes_written"] / stats["written"] / 2**20, 2)
+        return stats
 
     def _published(self) -> Dict[str, Any]:
         """Published numbers of the experiment, only when this run evaluates their dataset."""

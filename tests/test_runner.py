@@ -226,3 +226,24 @@ def test_experiment_prints_published_numbers_beside_measured(tmp_path):
         tmp_path / "other",
     )
     assert other.payload["published"] == {}
+
+
+def test_attention_cache_is_reused_and_reported(tmp_path):
+    args = TINY_FAST + ["dataset.n_images=2", f"cache.dir={tmp_path / 'cache'}"]
+    first = run_with_overrides(args, tmp_path / "a")
+    assert first.passes_this_run == 2
+    report = first.payload["attention_cache"]
+    assert report["written"] == 2 and report["hits"] == 0 and report["mb_per_image"] > 0
+    second = run_with_overrides(args, tmp_path / "b")  # a new run directory, same extraction
+    assert second.passes_this_run == 0 and second.payload["attention_cache"]["hits"] == 2
+    assert second.payload["results"] == first.payload["results"]
+
+
+def test_background_grid_is_labelled_an_oracle(tmp_path):
+    out = run_with_overrides(
+        ["model=tiny", "dataset=synthetic", "dataset.n_images=1", "method=ca", "method.extract.image_size=128",
+         "method.candidates=gt", "method.grid.bg_threshold=[0.3,0.5]", "run.progress=false"],
+        tmp_path / "run",
+    )
+    assert out.payload["oracle_keys"] == ["bg_threshold"] and out.payload["diffusion_passes"] >= 1
+    assert "ORACLE" in (tmp_path / "run" / "table.md").read_text()
