@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import pandas as pd
 
 from benchmark.records import from_frame, sum_counts
-from benchmark.tables import notes_for, results_frame, scalar_metrics, to_latex, to_markdown, write_tables
+from benchmark.tables import notes_for, results_frame, to_latex, to_markdown, write_tables
 
 
 def find_runs(paths: Sequence[Path]) -> List[Path]:

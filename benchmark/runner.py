@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -96,7 +95,6 @@ class Runner:
     # -- building blocks -----------------------------------------------------------------
     def _build(self):
         from benchmark.data import build_dataset
-        from benchmark.metrics import get_metric  # noqa: F401  (validated already)
 
         v = self.v
         self.dataset = build_dataset(v.dataset)

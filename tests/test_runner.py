@@ -119,7 +119,7 @@ def test_results_contract_and_grid_shares_one_pass(tmp_path):
 
 def test_resume_after_kill_equals_fresh_run(tmp_path):
     args = TINY_FAST + ["method=diffseg", "dataset.n_images=4"]
-    fresh = run_with_overrides(args, tmp_path / "fresh")
+    run_with_overrides(args, tmp_path / "fresh")
     # a run killed after two images, in the middle of writing the third record
     killed = tmp_path / "killed"
     killed.mkdir()
