@@ -89,6 +89,10 @@ class WandbLogger:
         if per_class:
             self.run.log({"per_class_IoU": wandb.Table(columns=["class", "IoU"], data=[[k, v] for k, v in per_class.items()])})
         overlays = []
+        class_labels = {i: name for i, name in enumerate(payload.get("class_names", []))}
+        class_labels[int(payload.get("ignore_index", 255))] = "ignore"
+        # open-vocabulary predictions are class ids; unsupervised ones are segment ids
+        pred_labels = None if payload.get("metric", "").startswith("hungarian") else class_labels
         for ex in outcome.examples[: self.cfg.n_overlays]:
             image = ex.image.permute(1, 2, 0).cpu().numpy()
             if image.shape[:2] != tuple(ex.label.shape):
@@ -98,8 +102,10 @@ class WandbLogger:
                     image,
                     caption=ex.image_id,
                     masks={
-                        "prediction": {"mask_data": ex.pred.cpu().numpy().astype("int32")},
-                        "ground_truth": {"mask_data": ex.label.cpu().numpy().astype("int32")},
+                        "prediction": {"mask_data": ex.pred.cpu().numpy().astype("int32"),
+                                       **({"class_labels": pred_labels} if pred_labels else {})},
+                        "ground_truth": {"mask_data": ex.label.cpu().numpy().astype("int32"),
+                                         "class_labels": class_labels},
                     },
                 )
             )
