@@ -1,6 +1,7 @@
 """Performance figures of the harness' expensive parts.
 
     python -m benchmark.perf capture [--arch sd2_base|sd14] [--size 64] [--repeats 3]
+    python -m benchmark.perf capture --device cuda --dtype fp16 --batch 8   # GPU images/s
 
 ``capture`` builds a full-size random-weight UNet (architecture written in code, no
 download) and runs one UNet pass on the same inputs three ways: plain (fused SDPA
@@ -14,6 +15,9 @@ capturing the cross-attention of all 16 layers for one prompt.
   all variants alike; the ratio uses the minimum per variant (the least disturbed pass),
   medians are printed too.
 * The captured outputs are compared with the plain one.
+* ``--device cuda --dtype fp16 --batch N``: the same on a GPU; times are synchronised,
+  memory is the CUDA peak (``max_memory_allocated``) and images/s = N / pass time is
+  printed per variant (one UNet pass + capture per image).
 
 Last two lines (machine-readable): ``capture_overhead_ratio=<self capture / plain>`` and
 ``peak_rss_mb=<peak RSS of the self-capture variant>``.
@@ -48,7 +52,17 @@ def _peak_rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def _setup(arch: str, size: int, chunk_size: int):
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: str = "fp32", batch: int = 1):
     """The UNet, its fixed inputs and one pass function per variant."""
     import torch
 
@@ -56,11 +70,12 @@ def _setup(arch: str, size: int, chunk_size: int):
     from benchmark.models.architectures import UNET_CONFIGS, build_random_unet
     from benchmark.types import AttentionRequest
 
-    unet = build_random_unet(arch)
+    torch_dtype = getattr(torch, DTYPES[dtype])
+    unet = build_random_unet(arch).to(device=device, dtype=torch_dtype)
     g = torch.Generator().manual_seed(1)
-    latents = torch.randn(1, 4, size, size, generator=g)
-    context = torch.randn(1, 77, UNET_CONFIGS[arch]["cross_attention_dim"], generator=g)
-    t = torch.tensor([300])
+    latents = torch.randn(batch, 4, size, size, generator=g).to(device, torch_dtype)
+    context = torch.randn(batch, 77, UNET_CONFIGS[arch]["cross_attention_dim"], generator=g).to(device, torch_dtype)
+    t = torch.full((batch,), 300, device=device)
     sides = tuple(size >> i for i in range(4))
     requests = {
         "plain": None,
@@ -70,7 +85,8 @@ def _setup(arch: str, size: int, chunk_size: int):
 
     def make_pass(request):
         def one_pass():
-            scope = nullcontext() if request is None else AttentionCapture(unet, request, [0], chunk_size)
+            groups = list(range(batch))  # one image per batch row
+            scope = nullcontext() if request is None else AttentionCapture(unet, request, groups, chunk_size)
             with scope as capture, torch.inference_mode():
                 out = unet(latents, t, encoder_hidden_states=context).sample
             if capture is not None:
@@ -83,26 +99,37 @@ def _setup(arch: str, size: int, chunk_size: int):
     return {name: make_pass(request) for name, request in requests.items()}
 
 
-def memory_of_variant(arch: str, size: int, chunk_size: int, variant: str, out_path: str) -> dict:
-    """Run in a fresh process: peak RSS of building the model and one pass of ``variant``."""
+def memory_of_variant(args: argparse.Namespace, variant: str, out_path: str) -> dict:
+    """Run in a fresh process: peak memory of building the model and one pass of ``variant``
+    (host RSS on the CPU, CUDA peak allocation on a GPU)."""
     import torch
 
-    passes = _setup(arch, size, chunk_size)
-    rss_built = _rss_mb()
-    torch.save(passes[variant](), out_path)
-    return {"variant": variant, "rss_after_build_mb": rss_built, "peak_rss_mb": _peak_rss_mb()}
+    cuda = args.device.startswith("cuda")
+    passes = _setup(args.arch, args.size, args.chunk_size, args.device, args.dtype, args.batch)
+    if cuda:
+        built = torch.cuda.memory_allocated() / 2**20
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        built = _rss_mb()
+    out = passes[variant]()
+    _sync(args.device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else _peak_rss_mb()
+    torch.save(out.float().cpu(), out_path)
+    return {"variant": variant, "rss_after_build_mb": built, "peak_rss_mb": peak}
 
 
-def time_variants(arch: str, size: int, chunk_size: int, repeats: int) -> dict:
+def time_variants(args: argparse.Namespace) -> dict:
     import torch
 
-    passes = _setup(arch, size, chunk_size)
+    passes = _setup(args.arch, args.size, args.chunk_size, args.device, args.dtype, args.batch)
     times = {v: [] for v in VARIANTS}
     cpu_times = {v: [] for v in VARIANTS}
-    for round_ in range(repeats + 1):  # round 0 warms up allocators and kernels
+    for round_ in range(args.repeats + 1):  # round 0 warms up allocators and kernels
         for variant in VARIANTS:
+            _sync(args.device)
             start, start_cpu = time.perf_counter(), time.process_time()
             passes[variant]()
+            _sync(args.device)
             if round_:
                 times[variant].append(time.perf_counter() - start)
                 cpu_times[variant].append(time.process_time() - start_cpu)
@@ -119,7 +146,7 @@ def capture_benchmark(args: argparse.Namespace) -> None:
             cmd = [
                 sys.executable, "-m", "benchmark.perf", "_memory", variant, "--arch", args.arch,
                 "--size", str(args.size), "--chunk-size", str(args.chunk_size), "--threads", str(args.threads),
-                "--out", out_path,
+                "--device", args.device, "--dtype", args.dtype, "--batch", str(args.batch), "--out", out_path,
             ]
             print(f"[memory] {variant}: one pass in a fresh process ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -129,12 +156,13 @@ def capture_benchmark(args: argparse.Namespace) -> None:
             memory[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             outputs[variant] = torch.load(out_path)
     print(f"[time] {args.repeats} interleaved rounds after a warm-up ...", flush=True)
-    timing = time_variants(args.arch, args.size, args.chunk_size, args.repeats)
+    timing = time_variants(args)
     best = {v: min(ts) for v, ts in timing["times"].items()}
-    print(f"UNet {args.arch}, latent {args.size}x{args.size}, fp32, batch 1, chunk {args.chunk_size}, "
-          f"{timing['threads']} threads, {args.repeats} timed passes per variant")
+    print(f"UNet {args.arch}, latent {args.size}x{args.size}, {args.dtype} on {args.device}, batch {args.batch}, "
+          f"chunk {args.chunk_size}, {timing['threads']} threads, {args.repeats} timed passes per variant")
+    memory_kind = "CUDA peak MB" if args.device.startswith("cuda") else "peak RSS MB"
     best_cpu = {v: min(ts) for v, ts in timing["cpu_times"].items()}
-    print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'cpu ratio':>9s} {'peak RSS MB':>12s} "
+    print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'cpu ratio':>9s} {memory_kind:>12s} "
           f"{'RSS ratio':>9s} {'pass +MB':>9s} {'max|dout|':>10s}")
     plain_mem = memory["plain"]["peak_rss_mb"]
     for variant in VARIANTS:
@@ -146,6 +174,8 @@ def capture_benchmark(args: argparse.Namespace) -> None:
               f"{m['peak_rss_mb'] - m['rss_after_build_mb']:9.0f} {diff:10.2e}")
     print("(ratio: wall-clock minimum / plain; cpu ratio: process CPU time, less sensitive to other processes "
           "on the machine; pass +MB: peak RSS minus RSS after building the model)")
+    for variant in VARIANTS:
+        print(f"images_per_s_{variant}={args.batch / best[variant]:.2f}")
     print(f"cross_capture_overhead_ratio={best['cross'] / best['plain']:.3f}")
     print(f"peak_rss_ratio={memory['self16']['peak_rss_mb'] / plain_mem:.3f}")
     print(f"capture_overhead_ratio={best['self16'] / best['plain']:.3f}")
@@ -166,7 +196,15 @@ def main(argv=None) -> None:
         p.add_argument("--chunk-size", type=int, default=128, help="query rows per capture chunk")
     for p in (cap, child):
         p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+        p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="UNet dtype (probabilities are float32)")
+        p.add_argument("--batch", type=int, default=1, help="images per UNet pass")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: CUDA is not available on this machine")
     if args.threads:
         import torch
 
@@ -176,7 +214,7 @@ def main(argv=None) -> None:
     if args.command == "capture":
         capture_benchmark(args)
     else:
-        print(json.dumps(memory_of_variant(args.arch, args.size, args.chunk_size, args.variant, args.out)))
+        print(json.dumps(memory_of_variant(args, args.variant, args.out)))
 
 
 if __name__ == "__main__":
