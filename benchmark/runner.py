@@ -243,13 +243,18 @@ class Runner:
         maps: List[Optional[AttentionMaps]] = [None] * len(samples)
         keys: List[Optional[str]] = [None] * len(samples)
         if cache is not None:
+            from benchmark.models.diffusion import image_key
+
             for i, (s, q) in enumerate(zip(samples, queries)):
                 keys[i] = cache.key(
                     model=model.fingerprint, dtype=str(model.dtype), extract=dataclasses.asdict(extract),
                     request=dataclasses.asdict(self.request), prompts=[dataclasses.asdict(x) for x in q],
-                    image_id=s.image_id,
+                    # the pixels, not only the id: the same id under another dataset root,
+                    # preprocessing preset or synthetic seed is another image
+                    image_id=s.image_id, image=image_key(s.image),
                 )
-                maps[i] = cache.load(keys[i])
+                loaded = cache.load(keys[i])
+                maps[i] = loaded.to(model.device) if loaded is not None else None
             self.cache_stats["hits"] += sum(m is not None for m in maps)
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
@@ -264,6 +269,7 @@ class Runner:
                 if cache is not None:
                     self.cache_stats["bytes_written"] += cache.save(keys[i], m)
                     self.cache_stats["written"] += 1
+                    maps[i] = cache.as_stored(m)  # score what later runs will read back
         return maps, passes
 
     def _score(self, sample: Sample, ctx: SegmentContext, attn, n_passes: int, examples: List[Example]) -> ImageRecord:

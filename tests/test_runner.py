@@ -247,3 +247,20 @@ def test_background_grid_is_labelled_an_oracle(tmp_path):
     )
     assert out.payload["oracle_keys"] == ["bg_threshold"] and out.payload["diffusion_passes"] >= 1
     assert "ORACLE" in (tmp_path / "run" / "table.md").read_text()
+
+
+def test_cache_key_follows_the_pixels_and_warm_equals_cold(tmp_path):
+    cache = f"cache.dir={tmp_path / 'cache'}"
+    base = TINY_FAST + ["dataset.n_images=2", cache, "method=kmeans"]
+    cold = run_with_overrides(base, tmp_path / "cold")
+    warm = run_with_overrides(base, tmp_path / "warm")
+    assert warm.passes_this_run == 0
+    # identical numbers whether the attention was just captured or read back (float16)
+    assert warm.payload["results"] == cold.payload["results"]
+    pd.testing.assert_frame_equal(  # every count equal; only the passes spent differ
+        pd.read_parquet(tmp_path / "cold" / "per_image.parquet").drop(columns=["passes"]),
+        pd.read_parquet(tmp_path / "warm" / "per_image.parquet").drop(columns=["passes"]),
+    )
+    # same ids, other pixels (another synthetic seed): no stale hit
+    other = run_with_overrides(base + ["dataset.seed=1"], tmp_path / "other")
+    assert other.passes_this_run == 2 and other.payload["attention_cache"]["hits"] == 0

@@ -68,6 +68,14 @@ def _tensor_digest(tensors: Dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def _restored(stored: torch.Tensor) -> torch.Tensor:
+    """float32 maps from their stored form; reduced dtypes get rows renormalised to sum to 1."""
+    values = stored.float()
+    if stored.dtype != torch.float32:  # undo the row-sum drift of rounding
+        values /= values.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return values
+
+
 class CorruptCacheFile(ValueError):
     pass
 
@@ -96,6 +104,18 @@ class AttentionCache:
         if len(key) < 3 or not all(c in "0123456789abcdef" for c in key):
             raise ValueError(f"not an attention cache key: {key!r}")
         return self.root / key[:2] / f"{key}.safetensors"
+
+    def as_stored(self, maps: AttentionMaps) -> AttentionMaps:
+        """``maps`` exactly as a later ``load`` will return them (storage rounding included),
+        on their own device: a run that fills the cache scores the same numbers as a run
+        that reads it."""
+        storage = STORAGE_DTYPES[self.dtype]
+        return AttentionMaps(
+            {side: _restored(a.detach().to(storage)) for side, a in maps.self_attn.items()},
+            {side: _restored(a.detach().to(storage)) for side, a in maps.cross_attn.items()},
+            list(maps.queries),
+            [list(p) for p in maps.token_positions],
+        )
 
     # -- write --------------------------------------------------------------------------
     def save(self, key: str, maps: AttentionMaps) -> int:
@@ -189,10 +209,7 @@ class AttentionCache:
         maps = AttentionMaps({}, {}, queries, positions)
         for name, tensor in tensors.items():
             kind, side = name.split(".")
-            values = tensor.float()
-            if tensor.dtype != torch.float32:  # undo the row-sum drift of rounding
-                values /= values.sum(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            (maps.self_attn if kind == "self" else maps.cross_attn)[int(side)] = values
+            (maps.self_attn if kind == "self" else maps.cross_attn)[int(side)] = _restored(tensor)
         maps.self_attn = dict(sorted(maps.self_attn.items(), reverse=True))
         maps.cross_attn = dict(sorted(maps.cross_attn.items(), reverse=True))
         return maps
