@@ -256,6 +256,15 @@ def validate(cfg: DictConfig) -> Validated:
     if run.batch_size < 1:
         raise ConfigError(f"run.batch_size must be >= 1, got {run.batch_size}")
     reference = _plain(cfg.get("reference", None))
+    if reference:
+        from benchmark.tables import published_numbers
+
+        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric"}:
+            raise ConfigError(f"'reference' must be {{method: ..., dataset: ..., metric: (optional)}}, got {reference!r}")
+        try:
+            published_numbers(reference)  # a missing entry fails now, not after the last image
+        except KeyError as err:
+            raise ConfigError(f"reference: {err.args[0]}") from None
     return Validated(
         dataset=validate_dataset(cfg.dataset),
         model=validate_model(cfg.model),

@@ -354,10 +354,12 @@ class Runner:
         ref = self.v.reference
         if not ref:
             return {}
-        if ref.get("dataset") != self.v.dataset.name:
+        run = {"method": self.v.method.name, "dataset": self.v.dataset.name, "metric": self.v.metric.name}
+        differs = [k for k in ("method", "dataset", "metric") if ref.get(k) is not None and ref[k] != run[k]]
+        if differs:
             log.warning(
-                "published numbers are for dataset %s, this run evaluates %s: not shown side by side",
-                ref.get("dataset"), self.v.dataset.name,
+                "published numbers are for %s; this run has %s: not shown side by side",
+                ", ".join(f"{k}={ref[k]}" for k in differs), ", ".join(f"{k}={run[k]}" for k in differs),
             )
             return {}
         return published_numbers(ref)

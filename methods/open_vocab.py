@@ -143,6 +143,19 @@ class OpenVocabSettings:
             raise ValueError(f"method.template={self.template!r}: at most one {NAME_PLACEHOLDER} placeholder")
         if self.captioner not in CAPTIONERS:
             raise ValueError(f"method.captioner={self.captioner!r}: expected one of {', '.join(CAPTIONERS)}")
+        # captions come from the CLIP filter's captioner or from a candidates file; any other
+        # combination would silently run without them
+        if self.captioner != "none" and self.candidates != "clip":
+            raise ValueError(
+                f"method.captioner={self.captioner} runs inside the CLIP candidate filter: set method.candidates=clip "
+                "(or give captions in a method.candidates_file with method.candidates=file)"
+            )
+        if self.caption_prompt and not (self.candidates == "file" or (self.candidates == "clip" and self.captioner != "none")):
+            raise ValueError(
+                "method.caption_prompt=true needs captions: method.candidates=clip with method.captioner=blip, "
+                f"or method.candidates=file with captions in the file (got candidates={self.candidates}, "
+                f"captioner={self.captioner})"
+            )
         if self.clip_text_match not in CLIP_TEXT_MATCH:
             raise ValueError(f"method.clip_text_match={self.clip_text_match!r}: expected one of {', '.join(CLIP_TEXT_MATCH)}")
         for name, names in (self.synonyms or {}).items():
@@ -275,10 +288,11 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
     for c in classes:
         class_name = str(ctx.class_names[c]).strip()
         for name in names[c]:
-            weight = float(getattr(settings, "caption_word_weight", 1.0)) if caption else 1.0
-            queries.append(
-                PromptQuery(text=prompt_text(template, name, caption, class_name), word=name, word_weight=weight)
-            )
+            text = prompt_text(template, name, caption, class_name)
+            # the "{name}++" emphasis belongs to caption-extended prompts only
+            extended = text != prompt_text(template, name)
+            weight = float(getattr(settings, "caption_word_weight", 1.0)) if extended else 1.0
+            queries.append(PromptQuery(text=text, word=name, word_weight=weight))
             prompt_class.append(c)
     if not queries:  # no candidate: nothing to score, but the pass needs one prompt
         queries.append(PromptQuery(text=template_prefix(template)))

@@ -56,7 +56,8 @@ def tiny_filter_models(tmp_path_factory):
 
 
 def _settings(models, **changes):
-    base = OpenVocabSettings(clip_model=str(models / "clip"), captioner_model=str(models / "blip"), filter_device="cpu")
+    base = OpenVocabSettings(clip_model=str(models / "clip"), captioner_model=str(models / "blip"), filter_device="cpu",
+                             candidates="clip")
     return dataclasses.replace(base, **changes)
 
 

@@ -187,5 +187,6 @@ def test_caption_prompts_carry_the_official_word_weight():
     ctx = SegmentContext("img", (4, 4), names, candidates=[1], caption="a cat on a sofa")
     plain = plan_prompts(ctx, OpenVocabSettings(template="a photograph of"))
     assert [q.word_weight for q in plain.queries] == [1.0]
-    captioned = plan_prompts(ctx, OpenVocabSettings(template="a photograph of", caption_prompt=True))
+    captioned = plan_prompts(ctx, OpenVocabSettings(template="a photograph of", caption_prompt=True, candidates="file",
+                                                    candidates_file="captions.json"))
     assert [q.word_weight for q in captioned.queries] == [1.21] and captioned.queries[0].word == "cat"

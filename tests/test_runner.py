@@ -226,6 +226,20 @@ def test_experiment_prints_published_numbers_beside_measured(tmp_path):
         tmp_path / "other",
     )
     assert other.payload["published"] == {}
+    # nor beside another method or metric than the published one
+    kmeans = run_with_overrides(
+        ["experiment=diffseg_cocostuff27", "model=tiny", f"dataset.root={tmp_path / 'data'}", f"dataset.ids={ids}",
+         "dataset.num_workers=0", "method.extract.image_size=128", "run.progress=false", "metric=hungarian_dataset"],
+        tmp_path / "metric",
+    )
+    assert kmeans.payload["published"] == {}
+
+
+def test_reference_without_published_entry_fails_at_start():
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match="no published numbers for diffseg/voc21"):
+        validate(compose_config(["experiment=diffseg_cocostuff27", "reference.dataset=voc21"]))
 
 
 def test_attention_cache_is_reused_and_reported(tmp_path):
