@@ -251,7 +251,7 @@ def validate(cfg: DictConfig) -> Validated:
     choice(logger.name, LOGGERS, "logger.name")
     choice(logger.mode, WANDB_MODES, "logger.mode")
     cache = to_dataclass(cfg.get("cache", {}), CacheConfig, "cache")
-    choice(cache.dtype, ("float16", "float32"), "cache.dtype")
+    choice(cache.dtype, ("float16", "bfloat16", "float32"), "cache.dtype")
     run = to_dataclass(cfg.get("run", {}), RunConfig, "run")
     if run.batch_size < 1:
         raise ConfigError(f"run.batch_size must be >= 1, got {run.batch_size}")

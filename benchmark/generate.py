@@ -298,7 +298,7 @@ class Generator:
         # one image per pair: a class with synonyms cycles through its prompt names
         query = queries[int(pair_id.rsplit("_", 1)[1]) % len(queries)]
         images, maps = model.generate([query], request, self.spec.extract, seed=seed)
-        image, attn = images[0], maps[0].to("cpu")
+        image, attn = images[0], maps[0]  # post-processing stays on the model's device
         ctx.image = image
         ctx.out_size = tuple(int(s) for s in image.shape[-2:])
         scores = self.method.prompt_scores(attn, ctx, self.params)[0]
@@ -306,7 +306,7 @@ class Generator:
         if self.options.uncertain_from is not None:
             soft = self.method.soft_masks(attn, ctx, self.params)[0]
             mask[(mask == 0) & (soft >= self.options.uncertain_from)] = UNCERTAIN
-        return image, mask.numpy()
+        return image, mask.cpu().numpy()
 
 
 def generate(cfg: DictConfig) -> Dict[str, Any]:

@@ -26,7 +26,8 @@ class ExtractionConfig:
     seed: int = 0
     #: prompt of methods that condition on one fixed text ("" = the empty prompt)
     prompt: str = ""
-    #: classifier-free guidance scale of the pass (1.0 = conditional branch only)
+    #: classifier-free guidance scale of generation (steps > 1, `benchmark.generate`); a
+    #: single pass on a real image always reads the conditional branch only
     guidance_scale: float = 1.0
     #: number of denoising steps averaged (1 = one pass on the encoded image;
     #: >1 = generation from noise, attention averaged over steps; SeeDiff generate mode)
@@ -39,7 +40,8 @@ class ExtractionConfig:
 class CacheConfig:
     #: directory of the on-disk attention cache (None = no cache)
     dir: Optional[str] = None
-    #: storage dtype of cached attention: float16 | float32
+    #: storage dtype of cached attention: float16 | bfloat16 | float32 (runs score the
+    #: maps as stored, so a warm and a cold cache give the same numbers)
     dtype: str = "float16"
 
 

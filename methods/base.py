@@ -8,7 +8,7 @@ A method is pure computation on tensors (no file or network I/O):
 * ``Settings`` dataclass of method options that change what is extracted (candidate
                classes, prompt template, ...): config keys, but not grid axes.
 * ``attention_request(params)``  which attention the pass must capture.
-* ``queries(ctx, settings)``     the prompts of the pass for one image.
+* ``queries(ctx)``               the prompts of the pass for one image (from ``self.settings``).
 * ``segment(attn, ctx, params)`` label map (H, W) int64 for one image and one grid point:
                segment ids (unsupervised) or class ids (open-vocabulary).
 

@@ -22,7 +22,7 @@ class PredictionsSettings:
     dir: Optional[str] = None
     suffix: str = ".png"
     #: "labels" (class ids, scored as they are) or "segments" (ids to be Hungarian-matched);
-    #: only informs the metric=auto choice
+    #: decides what metric=auto picks (miou or hungarian_image)
     kind: str = "labels"
 
     def __post_init__(self) -> None:
@@ -34,7 +34,7 @@ class PredictionsSettings:
 
 class Predictions(Method):
     name = "predictions"
-    task = "labels"  # metric=auto -> miou; `kind: segments` users pick metric=hungarian_*
+    task = "labels"  # metric=auto -> miou (method.kind=segments -> hungarian_image, see config.method_task)
     needs_diffusion = False
     Params = NoSettings
     Settings = PredictionsSettings
