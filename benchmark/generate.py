@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -43,6 +42,9 @@ import torch
 from omegaconf import DictConfig
 
 from benchmark.config import ConfigError, json_safe, validate_method, validate_model
+from benchmark.data.io import read_split_ids
+from benchmark.data.reference import class_names, datasets_dir, read_class_list
+from benchmark.fileio import atomic_path, atomic_write_text
 
 log = logging.getLogger("benchmark.generate")
 
@@ -89,10 +91,8 @@ def load_class_list(spec: str) -> List[str]:
     if path.suffix == ".txt" or path.is_file():
         if not path.is_file():
             raise ConfigError(f"classes={spec!r}: no such file (expected a text file with one class name per line)")
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = read_class_list(path)
     else:
-        from benchmark.data.reference import class_names, datasets_dir
-
         available = sorted(p.stem for p in (datasets_dir() / "classes").glob("*.txt") if not p.stem.startswith("ovss_"))
         if spec not in available:
             from benchmark.registry import did_you_mean
@@ -112,21 +112,17 @@ def image_id(class_name: str, index: int) -> str:
     return f"{re.sub(r'[^A-Za-z0-9-]', '-', class_name.strip())}_{index:06d}"
 
 
-def _atomic_save(path: Path, save) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    save(tmp)
-    os.replace(tmp, path)
-
-
 def write_pair(root: Path, pair_id: str, image: torch.Tensor, mask: np.ndarray, jpeg_quality: int) -> None:
     """JPEGImages/<id>.jpg then SegmentationClass/<id>.png (palette), each atomically."""
     from PIL import Image
 
     pixels = Image.fromarray(image.permute(1, 2, 0).cpu().numpy())
-    _atomic_save(root / "JPEGImages" / f"{pair_id}.jpg", lambda p: pixels.save(p, format="JPEG", quality=jpeg_quality))
+    with atomic_path(root / "JPEGImages" / f"{pair_id}.jpg") as temp:
+        pixels.save(temp, format="JPEG", quality=jpeg_quality)
     label = Image.fromarray(mask.astype(np.uint8), mode="P")
     label.putpalette(voc_palette())
-    _atomic_save(root / "SegmentationClass" / f"{pair_id}.png", lambda p: label.save(p, format="PNG"))
+    with atomic_path(root / "SegmentationClass" / f"{pair_id}.png") as temp:
+        label.save(temp, format="PNG")
 
 
 def is_written(root: Path, pair_id: str) -> bool:
@@ -136,11 +132,8 @@ def is_written(root: Path, pair_id: str) -> bool:
 def write_split(root: Path, split: str, ids: Sequence[str]) -> Path:
     """The split file: the ids given plus those already listed, sorted, one per line."""
     path = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    listed = set()
-    if path.is_file():
-        listed = {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
-    content = "".join(f"{i}\n" for i in sorted(listed | set(ids)))
-    _atomic_save(path, lambda p: p.write_text(content, encoding="utf-8"))
+    listed = set(read_split_ids(path)) if path.is_file() else set()
+    atomic_write_text(path, "".join(f"{i}\n" for i in sorted(listed | set(ids))))
     return path
 
 
@@ -242,7 +235,7 @@ class Generator:
                 )
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(path, lambda p: p.write_text(json.dumps(record, indent=2), encoding="utf-8"))
+        atomic_write_text(path, json.dumps(record, indent=2))
 
     # -- the loop -----------------------------------------------------------------------
     def plan(self) -> List[Tuple[str, int]]:

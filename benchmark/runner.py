@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed
 from benchmark.config import Validated, json_safe, params_dict, validate
+from benchmark.fileio import atomic_path, atomic_write_text
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
 from benchmark.tables import published_numbers, write_tables
@@ -366,10 +366,9 @@ class Runner:
 
     def _write(self, payload: Dict[str, Any], recs: List[ImageRecord], points: List[Dict[str, Any]]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False), encoding="utf-8")
-        os.replace(tmp, self.run_dir / "metrics.json")
-        to_frame(recs, points).to_parquet(self.run_dir / "per_image.parquet", index=False)
+        atomic_write_text(self.run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=False))
+        with atomic_path(self.run_dir / "per_image.parquet") as tmp:
+            to_frame(recs, points).to_parquet(tmp, index=False, engine="pyarrow")
         write_tables(payload, self.run_dir)
 
 

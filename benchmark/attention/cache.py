@@ -20,13 +20,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
 
 from benchmark.attention.capture import CAPTURE_VERSION
+from benchmark.fileio import atomic_write_bytes
 from benchmark.types import AttentionMaps, PromptQuery
 
 log = logging.getLogger(__name__)
@@ -135,20 +135,7 @@ class AttentionCache:
         data = save(tensors, metadata=metadata)
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{key[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.chmod(temp, _FILE_MODE)  # mkstemp makes 0600 files; a shared cache needs the usual mode
-            os.replace(temp, target)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-            raise
+        atomic_write_bytes(target, data, _FILE_MODE)
         return len(data)
 
     # -- read ---------------------------------------------------------------------------

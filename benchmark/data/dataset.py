@@ -22,6 +22,7 @@ from .decode import IGNORE_INDEX, LabelDecoder
 from .errors import DatasetFileError, MissingFileError, log, readme_hint
 from .io import read_image, read_label
 from .preprocess import Preprocess
+from .reference import class_synonyms
 
 
 @dataclass
@@ -54,15 +55,13 @@ class SegmentationDataset(Dataset):
         split: Optional[str] = None,
         expected_count: Optional[int] = None,
         found_count: Optional[int] = None,
-        class_synonyms: Optional[List[List[str]]] = None,
+        synonyms_list: Optional[str] = None,
         skipped: Iterable[Tuple[str, str]] = (),
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"dataset.on_error={on_error!r}; choose one of {', '.join(ON_ERROR_CHOICES)}")
         if list(ids) != sorted(ids):
             raise ValueError("dataset ids must be sorted")  # a programming error of a subclass
-        if class_synonyms is not None and len(class_synonyms) != len(class_names):
-            raise ValueError(f"{name}: {len(class_synonyms)} synonym lists for {len(class_names)} classes")
         self.name = name
         self.class_names: List[str] = list(class_names)
         self.ids: List[str] = list(ids)
@@ -73,14 +72,28 @@ class SegmentationDataset(Dataset):
         self.expected_count = expected_count
         #: images in the whole split, before ``ids`` / ``limit``
         self.found_count = len(self.ids) if found_count is None else found_count
-        #: OVSS synonym lists per class (open-vocabulary prompts), where the project ships them
-        self.class_synonyms = class_synonyms
+        #: name of the shipped OVSS synonym list (datasets/classes/ovss_synonyms_<name>.txt)
+        self.synonyms_list = synonyms_list
         self.ignore_index = IGNORE_INDEX
         #: (image_id, reason) of images skipped so far in this process: those found missing
         #: when the dataset was built, and those that failed in ``__getitem__`` here. Worker
         #: processes report theirs as ``SkippedSample`` items of the loader.
         self.skipped: List[Tuple[str, str]] = list(skipped)
         self._known_skips: Dict[str, str] = dict(self.skipped)
+
+    @property
+    def class_synonyms(self) -> Optional[List[List[str]]]:
+        """OVSS synonym lists per class (open-vocabulary prompts), where the project ships
+        them; read on first use, as no part of an evaluation needs them."""
+        if self.synonyms_list is None:
+            return None
+        synonyms = class_synonyms(self.synonyms_list)
+        if len(synonyms) != len(self.class_names):
+            raise ValueError(
+                f"{self.name}: ovss_synonyms_{self.synonyms_list}.txt has {len(synonyms)} synonym lists for "
+                f"{len(self.class_names)} classes"
+            )
+        return synonyms
 
     @property
     def num_classes(self) -> int:
@@ -118,22 +131,6 @@ class SegmentationDataset(Dataset):
         )
         meta.update(geometry)
         return Sample(image_id=image_id, image=image_t, label=label_t, meta=meta)
-
-    def info(self) -> Dict[str, Any]:
-        """What a results file records about the data."""
-        return {
-            "name": self.name,
-            "split": self.split,
-            "root": self.root,
-            "num_classes": self.num_classes,
-            "class_names": list(self.class_names),
-            "n_images": len(self.ids),
-            "found_count": self.found_count,
-            "expected_count": self.expected_count,
-            "preprocess": self.preprocess.preset,
-            "resolution": self.preprocess.side,
-            "skipped_at_build": [list(s) for s in self.skipped],
-        }
 
 
 class FileDataset(SegmentationDataset):

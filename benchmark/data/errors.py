@@ -60,3 +60,10 @@ class MissingFileError(DatasetFileError, FileNotFoundError):
 
 class InvalidLabelError(DatasetFileError):
     """A label file holds values the dataset's decoding does not define."""
+
+
+def require_dir(path: Path, what: str, section: str) -> Path:
+    """``path`` if it is a folder, else DatasetNotFoundError naming ``what`` and the README section."""
+    if not path.is_dir():
+        raise DatasetNotFoundError.expected(what, path, section)
+    return path

@@ -9,8 +9,10 @@ from typing import Callable, Dict, List, Optional
 from .config import FolderConfig, LabelRulesMixin
 from .dataset import FileDataset, FileEntry, check_count, check_entries, select_ids
 from .decode import IGNORE_INDEX, LabelDecoder, indices_decoder
-from .errors import DatasetNotFoundError, log
+from .errors import DatasetNotFoundError, log, require_dir
+from .io import read_split_ids
 from .preprocess import Preprocess
+from .reference import read_class_list
 
 FOLDER_SECTION = "Your own data: folder"
 
@@ -27,7 +29,7 @@ def user_class_names(
         path = resolve(cfg.classes_file)
         if not path.is_file():
             raise DatasetNotFoundError.expected("class list file (dataset.classes_file)", path, section)
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = read_class_list(path)
     elif fallback is not None:
         names = list(fallback)
     else:
@@ -48,7 +50,14 @@ def user_decoder(cfg: LabelRulesMixin, num_classes: int) -> LabelDecoder:
     return indices_decoder(num_classes, ignored=[cfg.ignore_index], reduce_zero_label=cfg.reduce_zero_label)
 
 
-def _resolver(root: Optional[Path]) -> Callable[[str], Path]:
+def configured_root(root: Optional[str]) -> Optional[Path]:
+    """dataset.root with ``~`` expanded; None when unset."""
+    return Path(root).expanduser() if root else None
+
+
+def path_resolver(root: Optional[Path]) -> Callable[[str], Path]:
+    """Resolves a configured path: ``~`` expanded, relative paths taken under ``root`` (if any)."""
+
     def resolve(path: str) -> Path:
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() or root is None else root / candidate
@@ -56,20 +65,14 @@ def _resolver(root: Optional[Path]) -> Callable[[str], Path]:
     return resolve
 
 
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DatasetNotFoundError.expected(what, path, FOLDER_SECTION)
-    return path
-
-
 def build_folder(cfg: FolderConfig) -> FileDataset:
     preprocess = Preprocess(cfg.preprocess, cfg.resolution, cfg.antialias)
-    root = Path(cfg.root).expanduser() if cfg.root else None
+    root = configured_root(cfg.root)
     if root is not None:
-        _require_dir(root, "dataset root")
-    resolve = _resolver(root)
-    image_dir = _require_dir(resolve(cfg.image_dir), "image folder (dataset.image_dir)")
-    label_dir = _require_dir(resolve(cfg.label_dir), "label folder (dataset.label_dir)")
+        require_dir(root, "dataset root", FOLDER_SECTION)
+    resolve = path_resolver(root)
+    image_dir = require_dir(resolve(cfg.image_dir), "image folder (dataset.image_dir)", FOLDER_SECTION)
+    label_dir = require_dir(resolve(cfg.label_dir), "label folder (dataset.label_dir)", FOLDER_SECTION)
     names = user_class_names(cfg, resolve, FOLDER_SECTION)
     suffixes = {s.lower() if s.startswith(".") else "." + s.lower() for s in cfg.image_suffixes}
     same_dir = image_dir.resolve() == label_dir.resolve()
@@ -88,7 +91,7 @@ def build_folder(cfg: FolderConfig) -> FileDataset:
         split_file = resolve(cfg.split_file)
         if not split_file.is_file():
             raise DatasetNotFoundError.expected("split file (dataset.split_file)", split_file, FOLDER_SECTION)
-        ids = sorted({line.strip() for line in split_file.read_text().splitlines() if line.strip()})
+        ids = read_split_ids(split_file)
         # an id without an image gets the path its image would have, reported as missing
         default_suffix = sorted(suffixes)[0]
         images.update({i: str(image_dir / f"{i}{default_suffix}") for i in ids if i not in images})

@@ -11,7 +11,7 @@ from .config import HFConfig
 from .dataset import SegmentationDataset, check_count, select_ids
 from .decode import LabelDecoder
 from .errors import DatasetFileError, DatasetNotFoundError, InvalidLabelError
-from .folder import user_class_names, user_decoder
+from .folder import configured_root, path_resolver, user_class_names, user_decoder
 from .io import read_image, read_label
 from .preprocess import Preprocess
 
@@ -33,13 +33,9 @@ def load_hf_table(cfg: HFConfig):
     if not cfg.path:
         raise ValueError("dataset.path is required for dataset=hf (a save_to_disk folder, a data folder, "
                          "a builder name such as parquet with dataset.data_files, or a hub id)")
-    root = Path(cfg.root).expanduser() if cfg.root else None
-
-    def under_root(path: str) -> Path:
-        candidate = Path(path).expanduser()
-        return candidate if candidate.is_absolute() or root is None else root / candidate
-
-    local = under_root(cfg.path)
+    root = configured_root(cfg.root)
+    resolve = path_resolver(root)
+    local = resolve(cfg.path)
     if _is_saved_to_disk(local):
         loaded = datasets.load_from_disk(str(local))
         if isinstance(loaded, datasets.DatasetDict):
@@ -51,7 +47,7 @@ def load_hf_table(cfg: HFConfig):
     if cfg.revision:
         kwargs["revision"] = cfg.revision
     if cfg.data_files:
-        files = [str(under_root(f)) for f in cfg.data_files]
+        files = [str(resolve(f)) for f in cfg.data_files]
         missing = [f for f in files if not any(ch in f for ch in "*?[") and not Path(f).exists()]
         if missing:
             raise DatasetNotFoundError.expected("data file (dataset.data_files)", missing[0], HF_SECTION)
@@ -105,7 +101,7 @@ class HFDataset(SegmentationDataset):
             column = getattr(cfg, key)
             if column not in table.column_names:
                 raise KeyError(f"dataset.{key}={column!r} is not a column of {cfg.path}; columns: {', '.join(table.column_names)}")
-        resolve = (lambda p: Path(cfg.root).expanduser() / p) if cfg.root else (lambda p: Path(p).expanduser())
+        resolve = path_resolver(configured_root(cfg.root))
         names = user_class_names(cfg, resolve, HF_SECTION, fallback=_class_label_names(table, cfg.class_label_column))
         # read the files ourselves (bytes / paths): palette PNGs stay indices, errors name the row
         for column in (cfg.image_column, cfg.label_column):

@@ -1,12 +1,14 @@
-"""Reading one image / one label map, with errors that name the file."""
+"""Reading one image / one label map (errors name the file) and split files."""
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Union
 
 import numpy as np
 from PIL import Image
+
+from benchmark.fileio import read_lines
 
 from .errors import DatasetFileError, InvalidLabelError, MissingFileError
 
@@ -46,3 +48,8 @@ def read_label(source: Source, name: str, image_id: Optional[str] = None) -> np.
             name, image_id,
         )
     return np.array(handle)  # a writable copy: torch.from_numpy refuses read-only views
+
+
+def read_split_ids(path: Path) -> List[str]:
+    """The sorted, distinct image ids of a split file (one id per line, blank lines ignored)."""
+    return sorted(set(read_lines(path, "split file")))

@@ -12,9 +12,10 @@ from typing import Callable, Dict, List, Optional, Set
 from .config import DatasetConfig
 from .dataset import FileDataset, FileEntry, check_count, check_entries, select_ids
 from .decode import IGNORE_INDEX, decoder_for
-from .errors import DatasetNotFoundError
+from .errors import DatasetNotFoundError, require_dir
+from .io import read_split_ids
 from .preprocess import Preprocess
-from .reference import CURATED_COCOSTUFF27_COUNT, class_names, class_synonyms, curated_cocostuff27_ids
+from .reference import CURATED_COCOSTUFF27_COUNT, class_names, curated_cocostuff27_ids
 
 #: environment variable holding the folder that contains every dataset's conventional subfolder
 DATA_ROOT_ENV = "BENCHMARK_DATA_ROOT"
@@ -34,12 +35,6 @@ def resolve_root(configured: Optional[str], subdir: str, section: str) -> Path:
     return path
 
 
-def _require_dir(path: Path, what: str, section: str) -> Path:
-    if not path.is_dir():
-        raise DatasetNotFoundError.expected(what, path, section)
-    return path
-
-
 # ------------------------------------------------------------------------------ layouts
 Layout = Callable[[Path, DatasetConfig, str], Dict[str, FileEntry]]
 
@@ -51,9 +46,9 @@ def _split_file_layout(list_dir: str, label_dir: str) -> Layout:
         list_file = root / "ImageSets" / list_dir / f"{cfg.split}.txt"
         if not list_file.is_file():
             raise DatasetNotFoundError.expected(f"split file of split {cfg.split!r}", list_file, section)
-        ids = sorted({line.strip() for line in list_file.read_text().splitlines() if line.strip()})
-        images = _require_dir(root / "JPEGImages", "image folder", section)
-        labels = _require_dir(root / label_dir, "label folder", section)
+        ids = read_split_ids(list_file)
+        images = require_dir(root / "JPEGImages", "image folder", section)
+        labels = require_dir(root / label_dir, "label folder", section)
         return {i: FileEntry(i, str(images / f"{i}.jpg"), str(labels / f"{i}.png")) for i in ids}
 
     return layout
@@ -64,8 +59,8 @@ def _coco_layout(label_suffix: str, curated: Optional[Callable[[], List[str]]] =
     split's images, or a shipped list (the curated COCO-Stuff-27 subset)."""
 
     def layout(root: Path, cfg: DatasetConfig, section: str) -> Dict[str, FileEntry]:
-        images = _require_dir(root / "images" / cfg.split, "image folder", section)
-        labels = _require_dir(root / "annotations" / cfg.split, "annotation folder", section)
+        images = require_dir(root / "images" / cfg.split, "image folder", section)
+        labels = require_dir(root / "annotations" / cfg.split, "annotation folder", section)
         if curated is not None and getattr(cfg, "curated", True):
             ids = curated()
         else:
@@ -79,8 +74,8 @@ def _coco_layout(label_suffix: str, curated: Optional[Callable[[], List[str]]] =
 def _cityscapes_layout(root: Path, cfg: DatasetConfig, section: str) -> Dict[str, FileEntry]:
     """leftImg8bit/<split>/<city>/<id>_leftImg8bit.png, gtFine/<split>/<city>/<id>_gtFine_labelIds.png;
     the id is the file name without the suffix (frankfurt_000000_000294)."""
-    images = _require_dir(root / "leftImg8bit" / cfg.split, "image folder", section)
-    labels = _require_dir(root / "gtFine" / cfg.split, "annotation folder", section)
+    images = require_dir(root / "leftImg8bit" / cfg.split, "image folder", section)
+    labels = require_dir(root / "gtFine" / cfg.split, "annotation folder", section)
     image_suffix, label_suffix = "_leftImg8bit.png", "_gtFine_labelIds.png"
     entries = {}
     for city in sorted({c for folder in (images, labels) for c in os.listdir(folder) if (folder / c).is_dir()}):
@@ -191,6 +186,6 @@ def build_official(cfg: DatasetConfig) -> FileDataset:
         split=cfg.split,
         expected_count=expected,
         found_count=len(entries),
-        class_synonyms=class_synonyms(spec.synonyms) if spec.synonyms else None,
+        synonyms_list=spec.synonyms,
         skipped=skipped,
     )

@@ -15,6 +15,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from benchmark.fileio import read_lines
+
 #: sha256 of datasets/cocostuff27_val2017_curated.txt (2175 ids, one per line). The list
 #: defines which images the published COCO-Stuff-27 numbers were computed on.
 CURATED_COCOSTUFF27_SHA256 = "7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc86452ce5116e51655"
@@ -34,22 +36,22 @@ def datasets_dir() -> Path:
     return path
 
 
-def _read_lines(path: Path) -> List[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"reference file not found: {path}")
-    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_class_list(path: Path, what: str = "reference file") -> List[str]:
+    """The names of a class list file (one per line; blank lines and surrounding spaces
+    dropped), in file order. Also reads the other one-item-per-line reference files."""
+    return read_lines(path, what)
 
 
 @functools.lru_cache(maxsize=None)
 def class_names(list_name: str) -> List[str]:
     """Class names of ``datasets/classes/<list_name>.txt`` in train-id order."""
-    return _read_lines(datasets_dir() / "classes" / f"{list_name}.txt")
+    return read_class_list(datasets_dir() / "classes" / f"{list_name}.txt")
 
 
 @functools.lru_cache(maxsize=None)
 def class_synonyms(list_name: str) -> List[List[str]]:
     """OVSS synonym lists (``ovss_synonyms_<list_name>.txt``): one comma-separated line per class."""
-    lines = _read_lines(datasets_dir() / "classes" / f"ovss_synonyms_{list_name}.txt")
+    lines = read_class_list(datasets_dir() / "classes" / f"ovss_synonyms_{list_name}.txt")
     return [[word.strip() for word in line.split(",") if word.strip()] for line in lines]
 
 
@@ -65,7 +67,7 @@ def curated_cocostuff27_ids() -> List[str]:
             "COCO-Stuff-27 list was modified; restore it from the repository (published "
             "numbers are computed on exactly these 2175 images)"
         )
-    return _read_lines(path)
+    return read_lines(path)
 
 
 @functools.lru_cache(maxsize=None)
