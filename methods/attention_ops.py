@@ -9,13 +9,16 @@ attention grid's side length (64, 32, 16, 8 for a 64×64 latent).
 * :func:`symmetric_kl` -- all-pairs symmetric KL through one matrix product.
 * :func:`upsample_argmax` -- argmax of score maps bilinearly resized to an output size,
   in bounded memory.
+* :func:`resize_maps` / :func:`minmax` -- the resize and [0, 1] scaling of (P, h, w) maps
+  every method uses.
+* :class:`OneEntryMemo` -- reuse of per-image work across the grid points of one image.
 * :func:`block_attention` -- synthetic attention with a known segment structure (tests,
   benchmarks).
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Hashable, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +28,16 @@ import torch.nn.functional as F
 N_STANDARD_RESOLUTIONS = 4
 #: SD's VAE downsampling factor (image side / latent side)
 VAE_FACTOR = 8
+#: how label-size maps are made from score maps before an argmax (``upsample`` params)
+UPSAMPLE_MODES = ("bilinear", "nearest")
+#: torch interpolation of each :func:`resize_maps` mode; every one uses half-pixel centres
+_INTERPOLATION = {
+    "bilinear": {"mode": "bilinear", "align_corners": False},
+    "bicubic": {"mode": "bicubic", "align_corners": False},
+    "nearest": {"mode": "nearest-exact"},
+}
+
+T = TypeVar("T")
 
 
 class Workspace:
@@ -43,6 +56,64 @@ class Workspace:
             buf = torch.empty(shape, dtype=dtype, device=device)
             self._buffers[name] = buf
         return buf
+
+
+class OneEntryMemo:
+    """The last value computed, reused while its key stays the same.
+
+    The grid points of one image arrive one after another, so one entry holds everything
+    they can share. ``held`` objects (captured tensors, the attention object) are compared
+    by identity and kept alive by the memo, so their ids cannot be recycled by a later
+    image; ``key`` (hashable values: params, sizes) is compared by equality.
+    """
+
+    def __init__(self) -> None:
+        self._held: Optional[Tuple[Any, ...]] = None
+        self._key: Hashable = None
+        self._value: Any = None
+
+    def get(self, held: Sequence[Any], key: Hashable, compute: Callable[[], T]) -> T:
+        held = tuple(held)
+        if (
+            self._held is not None
+            and len(held) == len(self._held)
+            and all(a is b for a, b in zip(held, self._held))
+            and self._key == key
+        ):
+            return self._value
+        # forget the old value first: compute() may overwrite buffers it shares (Workspace)
+        self._held = self._key = self._value = None
+        value = compute()
+        self._held, self._key, self._value = held, key, value
+        return value
+
+
+def resize_maps(maps: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """(P, h, w) maps resized to ``size`` = (H, W); the maps themselves at equal size.
+
+    Half-pixel centres in every mode, no antialiasing: "bilinear" (``align_corners=False``,
+    as TF2's ``tf.image.resize`` and cv2.INTER_LINEAR), "bicubic" (a = −0.75, as
+    cv2.INTER_CUBIC), "nearest" (torch's ``nearest-exact``).
+    """
+    if mode not in _INTERPOLATION:
+        raise ValueError(f"resize mode {mode!r}: expected one of {', '.join(_INTERPOLATION)}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(maps.shape[-2:]) == size:
+        return maps
+    return F.interpolate(maps.unsqueeze(0), size=size, **_INTERPOLATION[mode])[0]
+
+
+def minmax(maps: torch.Tensor, dims: Tuple[int, ...] = (-2, -1), from_zero: bool = False) -> torch.Tensor:
+    """Maps scaled to [0, 1] over ``dims``: (x − min) / (max − min), or x / max with
+    ``from_zero``. A map that cannot be scaled (constant, or max ≤ 0 with ``from_zero``)
+    becomes all zeros, never NaN: it carries no location.
+    """
+    high = maps.amax(dim=dims, keepdim=True)
+    low = torch.zeros_like(high) if from_zero else maps.amin(dim=dims, keepdim=True)
+    span = high - low
+    scalable = span > 0
+    scaled = (maps - low) / torch.where(scalable, span, torch.ones_like(span))
+    return torch.where(scalable, scaled, torch.zeros_like(scaled))
 
 
 def standard_self_resolutions(image_size: int) -> Tuple[int, ...]:
@@ -114,8 +185,7 @@ def upsample_keys(maps: torch.Tensor, side: int) -> torch.Tensor:
     s = math.isqrt(keys)
     if s == side:
         return maps
-    up = F.interpolate(maps.reshape(q, 1, s, s), size=(side, side), mode="bilinear", align_corners=False)
-    return up.view(q, side * side)
+    return resize_maps(maps.reshape(q, s, s), (side, side), "bilinear").reshape(q, side * side)
 
 
 def aggregate_self_attention(
@@ -220,14 +290,13 @@ def upsample_argmax(
     Maps are resized a chunk at a time with a running maximum, so memory stays bounded
     for many proposals; ties keep the first index, like ``argmax``.
     """
-    if mode not in ("bilinear", "nearest"):
-        raise ValueError(f"upsample={mode!r}: expected 'bilinear' or 'nearest'")
+    if mode not in UPSAMPLE_MODES:
+        raise ValueError(f"upsample={mode!r}: expected one of {', '.join(UPSAMPLE_MODES)}")
     height, width = int(size[0]), int(size[1])
-    options = {"mode": "bilinear", "align_corners": False} if mode == "bilinear" else {"mode": "nearest-exact"}
     step = max(1, chunk_elements // max(1, height * width))
     best_val = best_idx = None
     for first in range(0, maps.shape[0], step):
-        resized = F.interpolate(maps[first : first + step].float().unsqueeze(0), size=(height, width), **options)[0]
+        resized = resize_maps(maps[first : first + step].float(), (height, width), mode)
         val, idx = resized.max(0)
         if best_val is None:
             best_val, best_idx = val, idx

@@ -18,16 +18,30 @@ runner loads for them in ``ctx`` instead (see ``methods.predictions``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, List
+from typing import Any, ClassVar, List, Sequence
 
 import torch
 
+from benchmark.registry import did_you_mean
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
+
+
+#: input side in px when a method is built without an extraction config (SD 1.x/2.x-base)
+DEFAULT_IMAGE_SIZE = 512
 
 
 @dataclass
 class NoSettings:
     pass
+
+
+def check_choice(value: str, choices: Sequence[str], key: str) -> str:
+    """``value`` if it is one of ``choices``, else a ValueError naming ``method.<key>``."""
+    if value not in choices:
+        raise ValueError(
+            f"method.{key}={value!r}: expected one of {', '.join(map(str, choices))}." + did_you_mean(value, choices)
+        )
+    return value
 
 
 class Method:
@@ -41,6 +55,11 @@ class Method:
     def __init__(self, settings: Any = None, extract: Any = None):
         self.settings = settings if settings is not None else self.Settings()
         self.extract = extract
+
+    @property
+    def image_size(self) -> int:
+        """Side in px of the diffusion pass's input (``extract.image_size``)."""
+        return getattr(self.extract, "image_size", DEFAULT_IMAGE_SIZE) if self.extract is not None else DEFAULT_IMAGE_SIZE
 
     def attention_request(self, params: Any) -> AttentionRequest:  # pragma: no cover - abstract
         raise NotImplementedError

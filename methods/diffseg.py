@@ -22,7 +22,7 @@ import math
 import numbers
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ import torch
 from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
 
 from .attention_ops import (
+    UPSAMPLE_MODES,
+    OneEntryMemo,
     Workspace,
     aggregate_self_attention,
     anchor_grid,
@@ -40,10 +42,8 @@ from .attention_ops import (
     upsample_argmax,
     weights_by_side,
 )
-from .base import Method, NoSettings
+from .base import Method, NoSettings, check_choice
 from .kmeans import kmeans
-
-UPSAMPLE_MODES = ("bilinear", "nearest")
 
 
 @dataclass
@@ -86,8 +86,7 @@ class DiffSegParams:
                 f"method.resolution_weights={list(self.resolution_weights)}: expected non-negative weights, "
                 "largest side first"
             )
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"method.upsample={self.upsample!r}: expected one of {', '.join(UPSAMPLE_MODES)}")
+        check_choice(self.upsample, UPSAMPLE_MODES, "upsample")
         if self.refine_max_iter < 1:
             raise ValueError(f"method.refine_max_iter={self.refine_max_iter}: expected >= 1")
 
@@ -129,15 +128,13 @@ class DiffSeg(Method):
 
     def __init__(self, settings: Any = None, extract: Any = None):
         super().__init__(settings, extract)
-        # one-entry memo: the grid points of one image share aggregation and distances
-        self._memo_key: Optional[Tuple] = None
-        self._memo_value: Optional[_Iteration0] = None
+        # the grid points of one image share aggregation and distances
+        self._memo = OneEntryMemo()
         self._workspace = Workspace()
 
     def attention_request(self, params: DiffSegParams) -> AttentionRequest:
         # all four sides: the capture returns those that exist; zero-weight sides are skipped
-        image_size = getattr(self.extract, "image_size", 512) if self.extract is not None else 512
-        return AttentionRequest(self_resolutions=standard_self_resolutions(image_size))
+        return AttentionRequest(self_resolutions=standard_self_resolutions(self.image_size))
 
     def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: DiffSegParams) -> torch.Tensor:
         taus = params.thresholds()
@@ -162,16 +159,10 @@ class DiffSeg(Method):
 
     def _iteration0(self, attn: AttentionMaps, params: DiffSegParams) -> _Iteration0:
         weights = weights_by_side(list(attn.self_attn), params.resolution_weights, "method.resolution_weights")
-        # identity of the captured tensors (held by the key, so ids cannot be recycled)
-        key = (
-            tuple(attn.self_attn.items()),
-            tuple(sorted(weights.items())),
-            params.anchor_grid,
-            params.fp16_first_iteration,
-        )
-        if self._memo_key is not None and _same_key(self._memo_key, key):
-            return self._memo_value
-        self._memo_key = self._memo_value = None  # its buffers are about to be overwritten
+        key = (tuple(attn.self_attn), tuple(sorted(weights.items())), params.anchor_grid, params.fp16_first_iteration)
+        return self._memo.get(attn.self_attn.values(), key, lambda: self._compute_iteration0(attn, weights, params))
+
+    def _compute_iteration0(self, attn: AttentionMaps, weights: Dict[int, float], params: DiffSegParams) -> _Iteration0:
         maps = self_attention_by_side(attn.self_attn)
         side = max(maps)
         device = next(iter(maps.values())).device
@@ -180,16 +171,7 @@ class DiffSeg(Method):
         anchors = anchor_grid(side, params.anchor_grid).to(device)
         anchor_rows = anchors[:, 0] * side + anchors[:, 1]
         distances, usable = anchor_distances(aggregated, anchor_rows, params.fp16_first_iteration, self._workspace)
-        self._memo_key, self._memo_value = key, _Iteration0(aggregated, distances, usable)
-        return self._memo_value
-
-
-def _same_key(a: Tuple, b: Tuple) -> bool:
-    tensors_a, tensors_b = a[0], b[0]
-    if len(tensors_a) != len(tensors_b):
-        return False
-    same = all(sa == sb and ta is tb for (sa, ta), (sb, tb) in zip(tensors_a, tensors_b))
-    return same and a[1:] == b[1:]
+        return _Iteration0(aggregated, distances, usable)
 
 
 def anchor_distances(

@@ -14,23 +14,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import List, NamedTuple, Optional
+from typing import Any, List, NamedTuple, Optional
 
 import torch
 
 from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
 
 from .attention_ops import (
+    UPSAMPLE_MODES,
+    OneEntryMemo,
+    Workspace,
     aggregate_self_attention,
     self_attention_by_side,
     standard_self_resolutions,
     upsample_argmax,
     weights_by_side,
 )
-from .base import Method, NoSettings
+from .base import Method, NoSettings, check_choice
 
 MODES = ("constant", "gt")
-UPSAMPLE_MODES = ("bilinear", "nearest")
 
 
 class KMeansResult(NamedTuple):
@@ -157,14 +159,12 @@ class KMeansParams:
     upsample: str = "bilinear"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"method.mode={self.mode!r}: expected one of {', '.join(MODES)}")
+        check_choice(self.mode, MODES, "mode")
         if self.k < 1:
             raise ValueError(f"method.k={self.k}: expected >= 1")
         if self.n_init < 1 or self.max_iter < 1:
             raise ValueError(f"method.n_init={self.n_init}, method.max_iter={self.max_iter}: expected >= 1")
-        if self.upsample not in UPSAMPLE_MODES:
-            raise ValueError(f"method.upsample={self.upsample!r}: expected one of {', '.join(UPSAMPLE_MODES)}")
+        check_choice(self.upsample, UPSAMPLE_MODES, "upsample")
 
 
 class KMeansBaseline(Method):
@@ -173,9 +173,30 @@ class KMeansBaseline(Method):
     Params = KMeansParams
     Settings = NoSettings
 
+    def __init__(self, settings: Any = None, extract: Any = None):
+        super().__init__(settings, extract)
+        # the grid points of one image (k, seed, ...) share the aggregated attention
+        self._memo = OneEntryMemo()
+        self._workspace = Workspace()
+
     def attention_request(self, params: KMeansParams) -> AttentionRequest:
-        image_size = getattr(self.extract, "image_size", 512) if self.extract is not None else 512
-        return AttentionRequest(self_resolutions=standard_self_resolutions(image_size))
+        return AttentionRequest(self_resolutions=standard_self_resolutions(self.image_size))
+
+    def features(self, attn: AttentionMaps, params: KMeansParams) -> torch.Tensor:
+        """DiffSeg's aggregated attention A (n², n²): one feature row per pixel."""
+        # largest side first, as self_attention_by_side orders them (the order of the weight sum)
+        weights = weights_by_side(
+            sorted(attn.self_attn, reverse=True), params.resolution_weights, "method.resolution_weights"
+        )
+        key = (tuple(attn.self_attn), tuple(sorted(weights.items())))
+
+        def aggregate() -> torch.Tensor:
+            maps = self_attention_by_side(attn.self_attn)
+            side = max(maps)
+            out = self._workspace.get("aggregated", (side * side, side * side), torch.float32, maps[side].device)
+            return aggregate_self_attention(maps, weights, side, out=out)
+
+        return self._memo.get(attn.self_attn.values(), key, aggregate)
 
     def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: KMeansParams) -> torch.Tensor:
         if params.mode == "gt":
@@ -188,10 +209,8 @@ class KMeansBaseline(Method):
             k = max(1, int(ctx.n_gt_classes))
         else:
             k = params.k
-        maps = self_attention_by_side(attn.self_attn)
-        side = max(maps)
-        weights = weights_by_side(list(maps), params.resolution_weights, "method.resolution_weights")
-        features = aggregate_self_attention(maps, weights, side)
+        features = self.features(attn, params)
+        side = math.isqrt(features.shape[0])
         result = kmeans(features, k, n_init=params.n_init, max_iter=params.max_iter, tol=params.tol, seed=params.seed)
         one_hot = torch.zeros(k, side * side, device=features.device)
         one_hot[result.labels, torch.arange(side * side, device=features.device)] = 1.0

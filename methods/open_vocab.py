@@ -34,17 +34,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Collection, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 
 from benchmark.candidates import CANDIDATE_MODES, background_index
 from benchmark.registry import did_you_mean
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
 
-from .attention_ops import standard_self_resolutions, weights_by_side
-from .base import Method
+from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions, weights_by_side
+from .base import Method, check_choice
 
 TOKEN_RULES = ("first", "last", "mean")
 CAPTIONERS = ("none", "blip")
@@ -132,17 +131,12 @@ class OpenVocabSettings:
     filter_download: bool = False
 
     def __post_init__(self) -> None:
-        if self.candidates not in CANDIDATE_MODES:
-            raise ValueError(
-                f"method.candidates={self.candidates!r}: expected one of {', '.join(CANDIDATE_MODES)}."
-                + did_you_mean(self.candidates, CANDIDATE_MODES)
-            )
+        check_choice(self.candidates, CANDIDATE_MODES, "candidates")
         if self.candidates == "file" and not self.candidates_file:
             raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
         if self.template.count(NAME_PLACEHOLDER) > 1:
             raise ValueError(f"method.template={self.template!r}: at most one {NAME_PLACEHOLDER} placeholder")
-        if self.captioner not in CAPTIONERS:
-            raise ValueError(f"method.captioner={self.captioner!r}: expected one of {', '.join(CAPTIONERS)}")
+        check_choice(self.captioner, CAPTIONERS, "captioner")
         # captions come from the CLIP filter's captioner or from a candidates file; any other
         # combination would silently run without them
         if self.captioner != "none" and self.candidates != "clip":
@@ -156,8 +150,7 @@ class OpenVocabSettings:
                 f"or method.candidates=file with captions in the file (got candidates={self.candidates}, "
                 f"captioner={self.captioner})"
             )
-        if self.clip_text_match not in CLIP_TEXT_MATCH:
-            raise ValueError(f"method.clip_text_match={self.clip_text_match!r}: expected one of {', '.join(CLIP_TEXT_MATCH)}")
+        check_choice(self.clip_text_match, CLIP_TEXT_MATCH, "clip_text_match")
         for name, names in (self.synonyms or {}).items():
             if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
                 raise ValueError(
@@ -166,9 +159,7 @@ class OpenVocabSettings:
 
 
 def check_token_rule(rule: str) -> str:
-    if rule not in TOKEN_RULES:
-        raise ValueError(f"method.token_rule={rule!r}: expected one of {', '.join(TOKEN_RULES)}")
-    return rule
+    return check_choice(rule, TOKEN_RULES, "token_rule")
 
 
 # --------------------------------------------------------------------------------------
@@ -340,21 +331,6 @@ def word_attention(cross: torch.Tensor, token_positions: Sequence[Sequence[int]]
     return torch.einsum("pqt,pt->pq", cross.float(), weights)
 
 
-def minmax(maps: torch.Tensor, dims: Tuple[int, ...] = (-2, -1)) -> torch.Tensor:
-    """(x − min) / (max − min) over ``dims``; a constant map becomes 0 (never NaN)."""
-    lo = maps.amin(dim=dims, keepdim=True)
-    span = maps.amax(dim=dims, keepdim=True) - lo
-    # a constant map has x - min = 0 everywhere: divide it by 1 instead of 0
-    return (maps - lo) / torch.where(span > 0, span, torch.ones_like(span))
-
-
-def resize(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Bilinear (half-pixel centres, ``align_corners=False``) resize of (P, h, w) maps."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps.unsqueeze(0), size=tuple(int(s) for s in size), mode="bilinear", align_corners=False)[0]
-
-
 def fuse_cross_attention(
     cross_attn: Mapping[int, torch.Tensor],
     token_positions: Sequence[Sequence[int]],
@@ -379,7 +355,7 @@ def fuse_cross_attention(
         if cross.dim() != 3 or cross.shape[1] != side * side:
             raise ValueError(f"cross_attn[{side}] has shape {tuple(cross.shape)}; expected (P, {side * side}, T)")
         maps = word_attention(cross, token_positions, rule, queries).view(-1, side, side)
-        term = weight * minmax(resize(maps, (n, n)))
+        term = weight * minmax(resize_maps(maps, (n, n), "bilinear"))
         fused = term if fused is None else fused + term
     return fused
 
@@ -417,7 +393,7 @@ def refine_with_self_attention(maps: torch.Tensor, self_attn: torch.Tensor, powe
 # --------------------------------------------------------------------------------------
 def upsample_minmax(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
     """(P, h, w) -> (P, H, W): bilinear upsampling to the label size, then min–max per map."""
-    return minmax(resize(maps.float(), size))
+    return minmax(resize_maps(maps.float(), size, "bilinear"))
 
 
 def max_over_prompts(scores: torch.Tensor, prompt_class: Sequence[int], classes: Sequence[int]) -> torch.Tensor:
@@ -465,11 +441,20 @@ def check_queries(attn: AttentionMaps, plan: PromptPlan, image_id: str) -> None:
         raise ValueError(f"image {image_id}: {len(attn.token_positions)} token position lists for {len(plan.queries)} prompts")
 
 
-def _key_params(params: Any) -> Tuple:
-    """Params fields other than bg_threshold, hashable (the scores do not depend on it)."""
-    items = dataclasses.asdict(params)
-    items.pop("bg_threshold", None)
-    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in items.items()))
+def params_key(params: Any, leave_out: Collection[str] = ()) -> Tuple:
+    """The fields of a params dataclass except ``leave_out``, hashable (lists as tuples):
+    what a memo of a result that does not depend on ``leave_out`` is keyed on."""
+    return tuple(
+        sorted(
+            (k, tuple(v) if isinstance(v, list) else v)
+            for k, v in dataclasses.asdict(params).items()
+            if k not in leave_out
+        )
+    )
+
+
+def _hashable_caption(caption: Caption) -> Hashable:
+    return tuple(sorted(caption.items())) if isinstance(caption, Mapping) else caption
 
 
 class OpenVocabularyMethod(Method):
@@ -489,21 +474,28 @@ class OpenVocabularyMethod(Method):
 
     def __init__(self, settings: Any = None, extract: Any = None):
         super().__init__(settings, extract)
-        # one-entry memo: the grid points of one image that differ only in bg_threshold
-        # share the best class per pixel (the attention object is held, so ids cannot be reused)
-        self._memo: Optional[Tuple[Any, Tuple, Tuple[torch.Tensor, torch.Tensor]]] = None
+        # queries() and every grid point of an image share its prompt plan
+        self._plan_memo = OneEntryMemo()
+        # grid points of one image that differ only in bg_threshold share the best class per pixel
+        self._best_memo = OneEntryMemo()
 
     # -- contract ---------------------------------------------------------------------------
     def attention_request(self, params: Any) -> AttentionRequest:
-        image_size = getattr(self.extract, "image_size", 512) if self.extract is not None else 512
-        sides = standard_self_resolutions(image_size)
+        sides = standard_self_resolutions(self.image_size)
         return AttentionRequest(
             self_resolutions=sides[:1] if self.uses_self_attention else (),
             cross_resolutions=sides,
         )
 
     def plan(self, ctx: SegmentContext) -> PromptPlan:
-        return plan_prompts(ctx, self.settings)
+        # keyed on what plan_prompts reads of ctx (the runner may hand over a new ctx object)
+        key = (
+            ctx.image_id,
+            tuple(ctx.class_names),
+            None if ctx.candidates is None else tuple(ctx.candidates),
+            _hashable_caption(ctx.caption),
+        )
+        return self._plan_memo.get((self.settings,), key, lambda: plan_prompts(ctx, self.settings))
 
     def queries(self, ctx: SegmentContext) -> List[PromptQuery]:
         return list(self.plan(ctx).queries)
@@ -527,12 +519,10 @@ class OpenVocabularyMethod(Method):
         return max_over_prompts(upsample_minmax(maps, tuple(ctx.out_size)), plan.prompt_class, plan.classes)
 
     def best_class(self, attn: AttentionMaps, ctx: SegmentContext, plan: PromptPlan, params: Any):
-        key = (ctx.image_id, tuple(ctx.out_size), plan, _key_params(params))
-        if self._memo is not None and self._memo[0] is attn and self._memo[1] == key:
-            return self._memo[2]
-        value = best_class(self.class_scores(attn, ctx, plan, params), plan.classes)
-        self._memo = (attn, key, value)
-        return value
+        key = (ctx.image_id, tuple(ctx.out_size), plan, params_key(params, leave_out=("bg_threshold",)))
+        return self._best_memo.get(
+            (attn,), key, lambda: best_class(self.class_scores(attn, ctx, plan, params), plan.classes)
+        )
 
     def fused_cross_attention(self, attn: AttentionMaps, params: Any) -> torch.Tensor:
         return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights, attn.queries)

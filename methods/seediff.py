@@ -49,13 +49,16 @@ Choices the equations leave open (documented, not hidden):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from benchmark.attention.layers import LAYER_SELECTIONS
 from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
 
+from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions
+from .base import check_choice
 from .open_vocab import (
     OpenVocabSettings,
     OpenVocabularyMethod,
@@ -63,6 +66,7 @@ from .open_vocab import (
     check_queries,
     check_token_rule,
     max_over_prompts,
+    params_key,
     word_attention,
 )
 
@@ -72,18 +76,12 @@ EXPANSIONS = ("mean", "cosine")
 BACKGROUND_MODES = ("last", "each_step")
 NORMALIZATIONS = ("max", "minmax")
 RESIZE_MODES = ("bilinear", "bicubic")
-LAYER_CHOICES = ("all", "first_up", "down", "up", "mid")
-#: SD's VAE downsampling factor (image side / latent side)
-VAE_FACTOR = 8
+#: stages that grow masks by seed expansion (the others read no expansion rule)
+EXPANDING_STAGES = ("cre", "ire", "be")
 #: cv2's Otsu skips split points whose class weight is below FLT_EPSILON
 _FLT_EPSILON = 1.1920928955078125e-07
 #: PAMR outputs spanning less than this are constant (float32 sums of softmax weights)
 _CONSTANT_SPAN = 1e-4
-
-
-def _choice(value: str, choices: Sequence[str], key: str) -> None:
-    if value not in choices:
-        raise ValueError(f"method.{key}={value!r}: expected one of {', '.join(choices)}")
 
 
 @dataclass
@@ -132,13 +130,19 @@ class SeeDiffParams:
     #: threshold of the min-max normalised PAMR output (official code: 0.8)
     pamr_threshold: float = 0.8
 
+    #: fields applied after the soft maps M_final (Eq. 12, PAMR, the background argmax):
+    #: grid points differing only in these share the soft maps
+    MASK_ONLY_KEYS: ClassVar[Tuple[str, ...]] = (
+        "beta", "bg_threshold", "pamr_iterations", "pamr_dilations", "pamr_threshold"
+    )
+
     def __post_init__(self) -> None:
-        _choice(self.stage, STAGES, "stage")
-        _choice(self.seed_rule, SEED_RULES, "seed_rule")
-        _choice(self.expansion, EXPANSIONS, "expansion")
-        _choice(self.background, BACKGROUND_MODES, "background")
-        _choice(self.normalize, NORMALIZATIONS, "normalize")
-        _choice(self.resize, RESIZE_MODES, "resize")
+        check_choice(self.stage, STAGES, "stage")
+        check_choice(self.seed_rule, SEED_RULES, "seed_rule")
+        check_choice(self.expansion, EXPANSIONS, "expansion")
+        check_choice(self.background, BACKGROUND_MODES, "background")
+        check_choice(self.normalize, NORMALIZATIONS, "normalize")
+        check_choice(self.resize, RESIZE_MODES, "resize")
         check_token_rule(self.token_rule)
         for key in ("alpha", "beta", "pamr_threshold", "bg_threshold"):
             value = getattr(self, key)
@@ -188,8 +192,8 @@ class SeeDiffSettings(OpenVocabSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _choice(self.self_layers, LAYER_CHOICES, "self_layers")
-        _choice(self.cross_layers, LAYER_CHOICES, "cross_layers")
+        check_choice(self.self_layers, LAYER_SELECTIONS, "self_layers")
+        check_choice(self.cross_layers, LAYER_SELECTIONS, "cross_layers")
 
 
 @dataclass
@@ -206,22 +210,7 @@ def normalize_maps(maps: torch.Tensor, mode: str) -> torch.Tensor:
     A map that cannot be scaled (max 0, or constant under min-max) becomes all zeros:
     it carries no location.
     """
-    flat = maps.reshape(maps.shape[0], -1)
-    if mode == "max":
-        low = torch.zeros_like(flat[:, :1])
-    else:
-        low = flat.amin(1, keepdim=True)
-    span = flat.amax(1, keepdim=True) - low
-    safe = torch.where(span > 0, span, torch.ones_like(span))
-    out = torch.where(span > 0, (flat - low) / safe, torch.zeros_like(flat))
-    return out.reshape(maps.shape)
-
-
-def resize_maps(maps: torch.Tensor, size: Tuple[int, int], mode: str) -> torch.Tensor:
-    """(P, h, w) → (P, H, W); half-pixel centres (bicubic: a = −0.75, as cv2.INTER_CUBIC)."""
-    if tuple(maps.shape[-2:]) == tuple(size):
-        return maps
-    return F.interpolate(maps.unsqueeze(1), size=tuple(int(s) for s in size), mode=mode, align_corners=False)[:, 0]
+    return minmax(maps, tuple(range(1, maps.dim())), from_zero=mode == "max")
 
 
 def otsu_foreground(maps: torch.Tensor) -> torch.Tensor:
@@ -290,12 +279,18 @@ def _apply_rows_transposed(weights: torch.Tensor, sa: torch.Tensor) -> torch.Ten
     return torch.bmm(weights.unsqueeze(1), sa.transpose(1, 2)).squeeze(1)
 
 
-def expand_seeds(seeds: torch.Tensor, sa: torch.Tensor, rule: str) -> torch.Tensor:
+def unit_rows(sa: torch.Tensor) -> torch.Tensor:
+    """Self-attention (G, n, n) with every row scaled to unit L2 norm (cosine expansion)."""
+    return sa / sa.norm(dim=2, keepdim=True).clamp(min=1e-8)
+
+
+def expand_seeds(seeds: torch.Tensor, sa: torch.Tensor, rule: str, unit: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Region expansion of seed masks (P, n) with self-attention (G, n, n): (P, n).
 
     mean   (Eq. 7): M'[j] = 1/|S| Σ_{i∈S} SA[i, j]
     cosine (code):  M'[j] = Σ_{i∈S} cos(SA[i, :], SA[j, :]) = ((1_S Â) Âᵀ)[j], Â = SA with
-                    unit rows (two matrix products instead of |S| row comparisons)
+                    unit rows (two matrix products instead of |S| row comparisons);
+                    ``unit`` = :func:`unit_rows` of ``sa`` when the caller already has it
     An empty seed set expands to a zero map.
     """
     sa = _per_prompt(sa, seeds.shape[0])
@@ -303,33 +298,62 @@ def expand_seeds(seeds: torch.Tensor, sa: torch.Tensor, rule: str) -> torch.Tens
     if rule == "mean":
         count = weights.sum(1, keepdim=True)
         return _apply_rows(weights, sa) / count.clamp(min=1)
-    unit = sa / sa.norm(dim=2, keepdim=True).clamp(min=1e-8)
+    unit = unit_rows(sa) if unit is None else unit
     return _apply_rows_transposed(_apply_rows(weights, unit), unit)
 
 
-def background_refinement(maps: torch.Tensor, upsampled: torch.Tensor, sa: torch.Tensor, params: SeeDiffParams) -> torch.Tensor:
+def background_refinement(
+    maps: torch.Tensor,
+    upsampled: torch.Tensor,
+    sa: torch.Tensor,
+    params: SeeDiffParams,
+    unit: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """(1 − M'_bg) ⊙ M (Eqs. 10–11) for flattened class maps (P, n).
 
     ``maps`` give the background seeds, ``upsampled`` is the map that is refined (the same
     map in the paper; the code seeds from the raw upsampled map and multiplies its min-max
     normalised copy). In minmax mode the product is re-normalised, as the code does.
+    ``unit``: :func:`unit_rows` of ``sa`` if already computed (cosine expansion).
     """
-    bg = normalize_maps(expand_seeds(background_seeds(maps, params), sa, params.expansion), params.normalize)
+    bg = normalize_maps(expand_seeds(background_seeds(maps, params), sa, params.expansion, unit), params.normalize)
     refined = (1.0 - bg) * upsampled
     return normalize_maps(refined, "minmax") if params.normalize == "minmax" else refined
 
 
-def seediff_maps(ca: torch.Tensor, self_attn: Dict[int, torch.Tensor], sides: Sequence[int], params: SeeDiffParams) -> torch.Tensor:
+def seediff_maps(
+    ca: torch.Tensor,
+    self_attn: Mapping[int, torch.Tensor],
+    sides: Sequence[int],
+    params: SeeDiffParams,
+    unit_attn: Optional[Mapping[int, torch.Tensor]] = None,
+) -> torch.Tensor:
     """Soft class maps (P, s, s) in [0, 1] of one ``stage`` before the output resize.
 
     ca: raw class CA maps (P, r, r) at ``params.ca_resolution``; self_attn: {side: (G, s², s²)};
-    sides: the expansion sides, ascending (the last one is the output side of SA stages).
+    sides: the expansion sides, ascending (the last one is the output side of SA stages);
+    unit_attn: :func:`unit_rows` of ``self_attn`` per side where the caller has them
+    (expansion=cosine; the others are computed here, once per side).
     """
     n_prompts = ca.shape[0]
     norm = params.normalize
     if params.stage == "caa":
         return normalize_maps(ca, norm)
     first, last = sides[0], sides[-1]
+    units: Dict[int, torch.Tensor] = dict(unit_attn or {})
+
+    def unit_at(side: int) -> Optional[torch.Tensor]:
+        if params.expansion != "cosine":
+            return None
+        if side not in units:
+            units[side] = unit_rows(_per_prompt(self_attn[side], n_prompts))
+        return units[side]
+
+    def expand(seeds: torch.Tensor, side: int) -> torch.Tensor:
+        return expand_seeds(seeds, self_attn[side], params.expansion, unit_at(side))
+
+    def refine(maps: torch.Tensor, upsampled: torch.Tensor, side: int) -> torch.Tensor:
+        return background_refinement(maps, upsampled, self_attn[side], params, unit_at(side))
 
     def at(maps: torch.Tensor, side: int) -> torch.Tensor:
         return resize_maps(maps, (side, side), params.resize)
@@ -352,26 +376,24 @@ def seediff_maps(ca: torch.Tensor, self_attn: Dict[int, torch.Tensor], sides: Se
         total = torch.zeros(n_prompts, last, last, dtype=ca.dtype, device=ca.device)
         for side in sides:
             seeds = foreground_seeds(flat(normalize_maps(at(ca, side), norm)), params)
-            expanded = normalize_maps(expand_seeds(seeds, self_attn[side], params.expansion), norm)
+            expanded = normalize_maps(expand(seeds, side), norm)
             total += at(square(expanded, side), last)
         return normalize_maps(total / len(sides), norm)
 
     # ire / be: iterative expansion 16 → 32 → 64 (Eqs. 6–9)
     seeds = foreground_seeds(flat(normalize_maps(at(ca, first), norm)), params)
-    current = square(normalize_maps(expand_seeds(seeds, self_attn[first], params.expansion), norm), first)
+    current = square(normalize_maps(expand(seeds, first), norm), first)
     step_background = params.stage == "be" and params.background == "each_step"
     for side in sides[1:]:
         upsampled = flat(at(current, side))
         if step_background:
             # official code: the upsampled map, gated by the inverse of its background expansion
-            refined = background_refinement(upsampled, normalize_maps(upsampled, norm), self_attn[side], params)
-            current = square(refined, side)
+            current = square(refine(upsampled, normalize_maps(upsampled, norm), side), side)
         else:
-            expanded = expand_seeds(foreground_seeds(upsampled, params), self_attn[side], params.expansion)
+            expanded = expand(foreground_seeds(upsampled, params), side)
             current = square(normalize_maps(expanded, norm), side)
     if params.stage == "be" and params.background == "last":
-        refined = background_refinement(flat(current), flat(current), self_attn[last], params)
-        current = square(refined, last)
+        current = square(refine(flat(current), flat(current), last), last)
     return current
 
 
@@ -425,6 +447,27 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: S
 # ----------------------------------------------------------------------------------------
 # the plugin
 # ----------------------------------------------------------------------------------------
+class _ImageSelfAttention:
+    """One image's captured self-attention in the forms the expansion reads (float32 rows,
+    unit rows for the cosine rule), each built on first use and then shared by the grid
+    points of the image."""
+
+    def __init__(self, captured: Mapping[int, torch.Tensor]):
+        self.captured = captured
+        self._rows: Dict[int, torch.Tensor] = {}
+        self._unit: Dict[int, torch.Tensor] = {}
+
+    def rows(self, side: int) -> torch.Tensor:
+        if side not in self._rows:
+            self._rows[side] = self.captured[side].float()
+        return self._rows[side]
+
+    def unit_rows(self, side: int) -> torch.Tensor:
+        if side not in self._unit:
+            self._unit[side] = unit_rows(self.rows(side))
+        return self._unit[side]
+
+
 class SeeDiff(OpenVocabularyMethod):
     """SeeDiff, paper preset (see the module docstring). One prompt per candidate class (and
     per synonym); every prompt grows its own mask; a class takes the max over its prompts;
@@ -438,14 +481,20 @@ class SeeDiff(OpenVocabularyMethod):
     #: printed with results: real-image segmentation is not in the paper
     note = "segment mode (real images, argmax over candidate classes) is an extension of the SeeDiff paper"
 
+    def __init__(self, settings: Any = None, extract: Any = None):
+        super().__init__(settings, extract)
+        # per image: the self-attention prepared for the expansion (any grid point), and the
+        # soft maps (grid points differing only in SeeDiffParams.MASK_ONLY_KEYS)
+        self._attention_memo = OneEntryMemo()
+        self._soft_memo = OneEntryMemo()
+
     # -- what to capture -----------------------------------------------------------------
     def expansion_sides(self, params: SeeDiffParams) -> List[int]:
         """The self-attention sides of the expansion, ascending (16, 32, 64 at 512 px)."""
         if params.sa_resolutions is not None:
             return list(params.sa_resolutions)
-        image_size = getattr(self.extract, "image_size", 512) if self.extract is not None else 512
-        latent = image_size // VAE_FACTOR
-        return [latent // 4, latent // 2, latent]
+        # latent/4, latent/2, latent: the three largest standard sides
+        return sorted(standard_self_resolutions(self.image_size)[:3])
 
     def self_sides(self, params: SeeDiffParams) -> List[int]:
         """The self-attention sides ``params.stage`` reads."""
@@ -477,11 +526,25 @@ class SeeDiff(OpenVocabularyMethod):
         cross = attn.cross_attn[params.ca_resolution]
         side = params.ca_resolution
         ca = word_attention(cross, attn.token_positions, params.token_rule, attn.queries).view(-1, side, side)
-        sa = {s: attn.self_attn[s].float() for s in self.self_sides(params)}
-        return seediff_maps(ca, sa, self.expansion_sides(params), params)
+        prepared = self._attention_memo.get(
+            attn.self_attn.values(), tuple(attn.self_attn), lambda: _ImageSelfAttention(attn.self_attn)
+        )
+        sides = self.self_sides(params)
+        sa = {s: prepared.rows(s) for s in sides}
+        unit = None
+        if params.expansion == "cosine" and params.stage in EXPANDING_STAGES:
+            unit = {s: prepared.unit_rows(s) for s in sides}
+        return seediff_maps(ca, sa, self.expansion_sides(params), params, unit)
 
     def soft_masks(self, attn: AttentionMaps, ctx: SegmentContext, params: SeeDiffParams) -> torch.Tensor:
-        """M_final of every prompt at ``ctx.out_size``: (P, H, W) in [0, 1], before β."""
+        """M_final of every prompt at ``ctx.out_size``: (P, H, W) in [0, 1], before β.
+
+        Shared by the calls for one attention object (do not modify it in place).
+        """
+        key = (tuple(ctx.out_size), tuple(self.expansion_sides(params)), params_key(params, params.MASK_ONLY_KEYS))
+        return self._soft_memo.get((attn,), key, lambda: self._soft_masks(attn, ctx, params))
+
+    def _soft_masks(self, attn: AttentionMaps, ctx: SegmentContext, params: SeeDiffParams) -> torch.Tensor:
         soft = resize_maps(self.prompt_maps(attn, params), tuple(ctx.out_size), params.resize)
         if params.normalize == "minmax":
             soft = normalize_maps(soft, "minmax")  # the code re-normalises after its resize
@@ -497,8 +560,7 @@ class SeeDiff(OpenVocabularyMethod):
             if ctx.image is None:
                 raise ValueError(f"method.pamr_iterations={params.pamr_iterations} needs the image (SegmentContext.image)")
             image = ctx.image.float().to(soft.device)
-            if tuple(image.shape[-2:]) != tuple(ctx.out_size):
-                image = F.interpolate(image.unsqueeze(0), size=tuple(ctx.out_size), mode="bilinear", align_corners=False)[0]
+            image = resize_maps(image, tuple(ctx.out_size), "bilinear")
             refined = pamr(image, (soft >= params.beta).float(), params.pamr_iterations, params.pamr_dilations)
             # min-max as the code; a constant result (a full or empty mask, up to the
             # rounding of the affinity sums) is kept as it is (already in [0, 1]) instead of
