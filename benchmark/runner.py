@@ -90,7 +90,8 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, _ = distributed.world()
         self.v = validate(cfg)  # fails before any work on a bad config
-        self.cache_stats = {"hits": 0, "written": 0, "bytes_written": 0}
+        self.cache = None  # the attention cache of this invocation (cache.dir)
+        self.cache_written = {"written": 0, "bytes_written": 0}
 
     # -- building blocks -----------------------------------------------------------------
     def _build(self):
@@ -177,7 +178,7 @@ class Runner:
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 
-                cache = AttentionCache(v.cache.dir, dtype=v.cache.dtype)
+                cache = self.cache = AttentionCache(v.cache.dir, dtype=v.cache.dtype)
 
         examples: List[Example] = []
         passes_this_run = 0
@@ -255,7 +256,6 @@ class Runner:
                 )
                 loaded = cache.load(keys[i])
                 maps[i] = loaded.to(model.device) if loaded is not None else None
-            self.cache_stats["hits"] += sum(m is not None for m in maps)
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
         if missing:
@@ -267,8 +267,8 @@ class Runner:
                 maps[i] = m
                 passes[i] = model.passes_per_image(len(queries[i]), extract)
                 if cache is not None:
-                    self.cache_stats["bytes_written"] += cache.save(keys[i], m)
-                    self.cache_stats["written"] += 1
+                    self.cache_written["bytes_written"] += cache.save(keys[i], m)
+                    self.cache_written["written"] += 1
                     maps[i] = cache.as_stored(m)  # score what later runs will read back
         return maps, passes
 
@@ -344,7 +344,8 @@ class Runner:
         """Attention-cache use of this invocation (rank 0's share under torchrun)."""
         if not self.v.cache.dir:
             return None
-        stats = dict(self.cache_stats, dir=self.v.cache.dir, dtype=self.v.cache.dtype)
+        hits = self.cache.hits if self.cache is not None else 0  # no cache object: nothing left to compute
+        stats = dict(self.cache_written, hits=hits, dir=self.v.cache.dir, dtype=self.v.cache.dtype)
         if stats["written"]:
             stats["mb_per_image"] = round(stats["bytes_written"] / stats["written"] / 2**20, 2)
         return stats
