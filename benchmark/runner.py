@@ -172,9 +172,9 @@ class Runner:
 
         model = cache = None
         if todo and self.method.needs_diffusion:
-            from benchmark.models import load_model
+            from benchmark.models import LazyModel
 
-            model = load_model(v.model)
+            model = LazyModel(v.model)  # weights load on the first cache miss
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 
@@ -259,13 +259,13 @@ class Runner:
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
         if missing:
-            fresh = model.capture(
+            fresh = model.get().capture(
                 [samples[i].image for i in missing], [queries[i] for i in missing], self.request, extract,
                 image_ids=[samples[i].image_id for i in missing],  # noise seeded per image id
             )
             for i, m in zip(missing, fresh):
                 maps[i] = m
-                passes[i] = model.passes_per_image(len(queries[i]), extract)
+                passes[i] = model.get().passes_per_image(len(queries[i]), extract)
                 if cache is not None:
                     self.cache_written["bytes_written"] += cache.save(keys[i], m)
                     self.cache_written["written"] += 1

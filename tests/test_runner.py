@@ -278,3 +278,24 @@ def test_cache_key_follows_the_pixels_and_warm_equals_cold(tmp_path):
     # same ids, other pixels (another synthetic seed): no stale hit
     other = run_with_overrides(base + ["dataset.seed=1"], tmp_path / "other")
     assert other.passes_this_run == 2 and other.payload["attention_cache"]["hits"] == 0
+
+
+def test_fully_cached_run_never_loads_the_weights(tmp_path, monkeypatch):
+    from benchmark.models import loading
+    from benchmark.models.tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "sd", seed=0)  # a checkpoint folder, loaded like a real one
+    args = TINY_FAST + ["dataset.n_images=2", f"cache.dir={tmp_path / 'cache'}", f"model.path={folder}",
+                        "model.name=local_sd"]
+    first = run_with_overrides(args, tmp_path / "a")
+    assert first.passes_this_run == 2
+
+    def refuse(*a, **k):
+        raise AssertionError("weights were loaded although every image was cached")
+
+    monkeypatch.setattr(loading, "load_components", refuse)
+    second = run_with_overrides(args, tmp_path / "b")
+    assert second.passes_this_run == 0 and second.payload["results"] == first.payload["results"]
+    # a cache miss does load them
+    with pytest.raises(AssertionError, match="weights were loaded"):
+        run_with_overrides(args + ["dataset.n_images=3"], tmp_path / "c")

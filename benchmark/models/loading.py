@@ -204,3 +204,34 @@ def load_model(cfg: ModelConfig):
         chunk_size=cfg.chunk_size,
         max_batch=cfg.max_batch,
     )
+
+
+class LazyModel:
+    """A configured model whose weights load on first use.
+
+    Its fingerprint, device and dtype are known at once (a missing checkpoint still fails
+    here, at start), so a run whose remaining images are all in the attention cache never
+    loads the UNet, VAE and text encoder. The tiny model is built at once: building it is
+    cheaper than anything else, and its fingerprint comes from its modules.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        self.cfg = cfg
+        self._model = None
+        if cfg.path is None:
+            self._model = load_model(cfg)
+            self.fingerprint = self._model.fingerprint
+        else:
+            _, self.fingerprint = resolve_model_path(cfg)
+        self.device = cfg.torch_device()
+        self.dtype = cfg.torch_dtype
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def get(self):
+        """The ``DiffusionModel`` (loaded now if it was not yet)."""
+        if self._model is None:
+            self._model = load_model(self.cfg)
+        return self._model
