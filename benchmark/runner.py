@@ -90,8 +90,7 @@ class Runner:
         self.run_dir = Path(run_dir)
         self.rank, self.world_size, _ = distributed.world()
         self.v = validate(cfg)  # fails before any work on a bad config
-        self.cache = None  # the attention cache of this invocation (cache.dir)
-        self.cache_written = {"written": 0, "bytes_written": 0}
+        self.cache = None  # the attention cache of this invocation (cache.dir); keeps its own counts
 
     # -- building blocks -----------------------------------------------------------------
     def _build(self):
@@ -267,8 +266,7 @@ class Runner:
                 maps[i] = m
                 passes[i] = model.get().passes_per_image(len(queries[i]), extract)
                 if cache is not None:
-                    self.cache_written["bytes_written"] += cache.save(keys[i], m)
-                    self.cache_written["written"] += 1
+                    cache.save(keys[i], m)
                     maps[i] = cache.as_stored(m)  # score what later runs will read back
         return maps, passes
 
@@ -344,14 +342,21 @@ class Runner:
         """Attention-cache use of this invocation (rank 0's share under torchrun)."""
         if not self.v.cache.dir:
             return None
-        hits = self.cache.hits if self.cache is not None else 0  # no cache object: nothing left to compute
-        stats = dict(self.cache_written, hits=hits, dir=self.v.cache.dir, dtype=self.v.cache.dtype)
+        cache = self.cache  # None when nothing was left to compute
+        stats = {
+            "hits": cache.hits if cache else 0,
+            "written": cache.writes if cache else 0,
+            "bytes_written": cache.bytes_written if cache else 0,
+            "dir": self.v.cache.dir,
+            "dtype": self.v.cache.dtype,
+        }
         if stats["written"]:
             stats["mb_per_image"] = round(stats["bytes_written"] / stats["written"] / 2**20, 2)
         return stats
 
     def _published(self) -> Dict[str, Any]:
-        """Published numbers of the experiment, only when this run evaluates their dataset."""
+        """Published numbers of the experiment, only when this run has their method, dataset and
+        (if the reference names one) metric."""
         ref = self.v.reference
         if not ref:
             return {}

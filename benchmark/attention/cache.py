@@ -94,6 +94,7 @@ class AttentionCache:
         self.root = Path(root).expanduser()
         self.dtype = dtype
         self.hits = self.misses = self.corrupt = 0
+        self.writes = self.bytes_written = 0
 
     def key(self, **parts: Any) -> str:
         """SHA-256 of the canonical JSON of ``parts`` + capture version + storage dtype."""
@@ -136,6 +137,8 @@ class AttentionCache:
         target = self.path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(target, data, _FILE_MODE)
+        self.writes += 1
+        self.bytes_written += len(data)
         return len(data)
 
     # -- read ---------------------------------------------------------------------------
