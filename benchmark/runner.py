@@ -251,7 +251,7 @@ class Runner:
                     request=dataclasses.asdict(self.request), prompts=[dataclasses.asdict(x) for x in q],
                     # the pixels, not only the id: the same id under another dataset root,
                     # preprocessing preset or synthetic seed is another image
-                    image_id=s.image_id, image=image_key(s.image),
+                    image_id=s.image_id, image=image_key(s.model_image),
                 )
                 loaded = cache.load(keys[i])
                 maps[i] = loaded.to(model.device) if loaded is not None else None
@@ -259,7 +259,7 @@ class Runner:
         passes = [0] * len(samples)
         if missing:
             fresh = model.get().capture(
-                [samples[i].image for i in missing], [queries[i] for i in missing], self.request, extract,
+                [samples[i].model_image for i in missing], [queries[i] for i in missing], self.request, extract,
                 image_ids=[samples[i].image_id for i in missing],  # noise seeded per image id
             )
             for i, m in zip(missing, fresh):

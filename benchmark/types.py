@@ -18,12 +18,20 @@ class Sample:
     image: uint8 tensor (3, H, W), RGB.
     label: int64 tensor (H, W): train ids in [0, C) or ``ignore_index``.
     meta: free-form (original size, file paths, ...). Must be collatable as a list.
+    vae_image: float32 (3, H, W) in [0, 255] when the reference pipeline feeds the model an
+        unrounded image (``preprocess=diffseg``: TF's float resize); None = ``image``.
     """
 
     image_id: str
     image: torch.Tensor
     label: torch.Tensor
     meta: Dict[str, Any] = field(default_factory=dict)
+    vae_image: Optional[torch.Tensor] = None
+
+    @property
+    def model_image(self) -> torch.Tensor:
+        """What the diffusion model encodes: ``vae_image`` if set, else ``image``."""
+        return self.image if self.vae_image is None else self.vae_image
 
 
 @dataclass(frozen=True)

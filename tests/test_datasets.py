@@ -532,3 +532,14 @@ def test_config_errors_name_the_key():
         build_dataset({"name": "synthetic", "preprocess": "crop"})
     schema_instance = DATASET_SCHEMAS["synthetic"](n_images=2)
     assert isinstance(build_dataset(schema_instance), SegmentationDataset)
+
+
+def test_diffseg_sample_carries_the_float_image_for_the_vae(official_trees):
+    root, expected = official_trees["voc21"]  # 24 x 32 -> crop 24 x 24 -> 16 x 16
+    sample = build_dataset(official_config("voc21", root, expected, preprocess="diffseg", resolution=16))[0]
+    assert sample.vae_image is not None and sample.vae_image.dtype == torch.float32
+    assert sample.model_image is sample.vae_image and "vae_image" not in sample.meta
+    assert torch.equal(sample.image, sample.vae_image.round().clamp(0, 255).to(torch.uint8))
+    assert not torch.equal(sample.vae_image, sample.image.float())  # not rounded before the VAE
+    stego = build_dataset(official_config("voc21", root, expected, preprocess="stego", resolution=16))[0]
+    assert stego.vae_image is None and stego.model_image is stego.image

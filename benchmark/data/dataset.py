@@ -129,8 +129,9 @@ class SegmentationDataset(Dataset):
         image_t, label_t, geometry = self.preprocess(
             torch.from_numpy(image).permute(2, 0, 1).contiguous(), torch.from_numpy(label)
         )
+        vae_image = geometry.pop("vae_image", None)
         meta.update(geometry)
-        return Sample(image_id=image_id, image=image_t, label=label_t, meta=meta)
+        return Sample(image_id=image_id, image=image_t, label=label_t, meta=meta, vae_image=vae_image)
 
 
 class FileDataset(SegmentationDataset):

@@ -232,7 +232,8 @@ class DiffusionModel:
     ) -> List[AttentionMaps]:
         """Attention of each image (one ``AttentionMaps`` per image) from one batched UNet pass.
 
-        images: uint8 (3, H, W) tensors; queries[i]: the prompts of image i (at least one);
+        images: uint8 (3, H, W) tensors, or float32 ones in [0, 255] (an unrounded resize,
+        ``Sample.vae_image``); queries[i]: the prompts of image i (at least one);
         image_ids: keys seeding each image's randomness (default: hash of its pixels);
         timesteps: per-image timestep overriding ``extract.timestep`` (several timesteps
         in one pass).
@@ -244,8 +245,10 @@ class DiffusionModel:
         if len(queries) != n:
             raise ValueError(f"capture got {n} images but {len(queries)} query lists")
         for i, (image, qs) in enumerate(zip(images, queries)):
-            if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
-                raise ValueError(f"image {i}: expected a uint8 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}")
+            if image.dtype not in (torch.uint8, torch.float32) or image.ndim != 3 or image.shape[0] != 3:
+                raise ValueError(
+                    f"image {i}: expected a uint8 or float32 (3, H, W) tensor, got {image.dtype} {tuple(image.shape)}"
+                )
             if not qs:
                 raise ValueError(f"image {i}: no prompt queries (use [PromptQuery('')] for the empty prompt)")
         keys = list(image_ids) if image_ids is not None else [image_key(im) for im in images]
