@@ -50,6 +50,10 @@ class AttentionRequest:
     cross_resolutions: Tuple[int, ...] = ()
     self_layers: str = "all"
     cross_layers: str = "all"
+    #: cross-attention sides (a subset of ``cross_resolutions``) whose selected layers are
+    #: ALSO kept one by one, summed over heads (``AttentionMaps.cross_attn_layers``):
+    #: SeeDiff's official code normalises each 16x16 layer before summing them
+    cross_layer_resolutions: Tuple[int, ...] = ()
 
     def union(self, other: "AttentionRequest") -> "AttentionRequest":
         if (self.self_layers, self.cross_layers) != (other.self_layers, other.cross_layers):
@@ -63,6 +67,7 @@ class AttentionRequest:
             tuple(sorted(set(self.cross_resolutions) | set(other.cross_resolutions), reverse=True)),
             self.self_layers,
             self.cross_layers,
+            tuple(sorted(set(self.cross_layer_resolutions) | set(other.cross_layer_resolutions), reverse=True)),
         )
 
     @property
@@ -95,12 +100,16 @@ class AttentionMaps:
     cross_attn[r]: float32 (P, r*r, T)    T = 77 text positions (or the requested columns);
                    rows sum to 1 over all 77 positions before any column selection.
     token_positions[p]: indices (into the 77 positions) of ``queries[p].word``'s sub-tokens.
+    cross_attn_layers[r]: float32 (L, P, r*r, T), only for ``AttentionRequest.cross_layer_resolutions``:
+                   each of the L layers at side r on its own, SUMMED over heads (rows sum to
+                   the number of heads), in SeeDiff's order (up layers, then down, then mid).
     """
 
     self_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
     cross_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
     queries: List[PromptQuery] = field(default_factory=list)
     token_positions: List[List[int]] = field(default_factory=list)
+    cross_attn_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "AttentionMaps":
         return AttentionMaps(
@@ -108,6 +117,7 @@ class AttentionMaps:
             {r: a.to(device) for r, a in self.cross_attn.items()},
             list(self.queries),
             [list(p) for p in self.token_positions],
+            {r: a.to(device) for r, a in self.cross_attn_layers.items()},
         )
 
 

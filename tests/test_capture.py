@@ -289,8 +289,8 @@ def test_self_attention_per_prompt(tiny_model):
 
 def test_capture_input_errors(tiny_model):
     image = _images(1)[0]
-    with pytest.raises(ValueError, match="image 0: expected a uint8"):
-        tiny_model.capture([image.float()], [QUERIES[0]], REQUEST, EXTRACT)
+    with pytest.raises(ValueError, match="image 0: expected a uint8 or float32"):
+        tiny_model.capture([image.double()], [QUERIES[0]], REQUEST, EXTRACT)
     with pytest.raises(ValueError, match="image_size=100"):
         tiny_model.capture([image], [QUERIES[0]], REQUEST, dataclasses.replace(EXTRACT, image_size=100))
     with pytest.raises(ValueError, match=r"resolution\(s\) \[64\] requested.*attention at \[16, 8, 4, 2\]"):
@@ -393,3 +393,27 @@ def test_processor_handles_masks_and_4d_inputs_like_sdpa():
         got = CapturingAttnProcessor(AttnProcessor2_0(), acc, "y", chunk_size=5)(self_attn, image_like)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(acc.result("all")[4].sum(-1), torch.ones(1, 16), atol=1e-5, rtol=0)
+
+
+def test_cross_attention_layers_are_kept_one_by_one_as_head_sums(tiny_model):
+    """``cross_layer_resolutions``: each layer's head-SUM on its own (SeeDiff sums heads and
+    normalises each 16x16 layer), up layers first then down (its ``from_where=("up", "down")``)."""
+    unet = tiny_model.unet
+    latents, t, emb = unet_inputs(tiny_model, batch=2)
+    store, _ = explicit_probabilities(unet, latents, t, emb)
+    side = 8
+    request = AttentionRequest((), (side,), cross_layer_resolutions=(side,))
+    with AttentionCapture(unet, request, [0, 1], chunk_size=29) as capture, torch.inference_mode():
+        unet(latents, t, encoder_hidden_states=emb)
+    layers = capture.cross_attention_layers()[side]
+    names = [layer.name for layer in select_layers(list_layers(unet.attn_processors), "cross", "all")
+             if store[layer.name].shape[2] == side * side]
+    ordered = [n for n in names if n.startswith("up")] + [n for n in names if n.startswith("down")] + [
+        n for n in names if n.startswith("mid")]
+    assert len(ordered) >= 2 and layers.shape == (len(ordered), 2, side * side, 77)
+    for k, name in enumerate(ordered):
+        torch.testing.assert_close(layers[k], store[name].sum(1), atol=1e-5, rtol=0)
+    heads = torch.tensor([store[n].shape[1] for n in ordered], dtype=torch.float32).view(-1, 1, 1, 1)
+    torch.testing.assert_close((layers / heads).mean(0), capture.cross_attention()[side], atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="cross_layer_resolutions"):
+        AttentionCapture(unet, AttentionRequest((), (side,), cross_layer_resolutions=(4,)), [0, 1])

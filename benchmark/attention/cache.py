@@ -116,6 +116,7 @@ class AttentionCache:
             {side: _restored(a.detach().to(storage)) for side, a in maps.cross_attn.items()},
             list(maps.queries),
             [list(p) for p in maps.token_positions],
+            {side: _restored(a.detach().to(storage)) for side, a in maps.cross_attn_layers.items()},
         )
 
     # -- write --------------------------------------------------------------------------
@@ -126,6 +127,9 @@ class AttentionCache:
         storage = STORAGE_DTYPES[self.dtype]
         tensors = {f"self.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.self_attn.items()}
         tensors.update({f"cross.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.cross_attn.items()})
+        tensors.update(
+            {f"crosslayers.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.cross_attn_layers.items()}
+        )
         metadata = {
             "format": FORMAT,
             "capture_version": CAPTURE_VERSION,
@@ -199,7 +203,10 @@ class AttentionCache:
         maps = AttentionMaps({}, {}, queries, positions)
         for name, tensor in tensors.items():
             kind, side = name.split(".")
-            (maps.self_attn if kind == "self" else maps.cross_attn)[int(side)] = _restored(tensor)
+            target = {"self": maps.self_attn, "cross": maps.cross_attn, "crosslayers": maps.cross_attn_layers}.get(kind)
+            if target is None:
+                raise CorruptCacheFile(f"unknown tensor {name!r}")
+            target[int(side)] = _restored(tensor)
         maps.self_attn = dict(sorted(maps.self_attn.items(), reverse=True))
         maps.cross_attn = dict(sorted(maps.cross_attn.items(), reverse=True))
         return maps
@@ -208,4 +215,4 @@ class AttentionCache:
     def nbytes(maps: AttentionMaps, dtype: str = "float16") -> int:
         """Tensor bytes one image's maps take in ``dtype`` (the file adds a small header)."""
         itemsize = torch.empty(0, dtype=STORAGE_DTYPES[dtype]).element_size()
-        return itemsize * sum(a.numel() for d in (maps.self_attn, maps.cross_attn) for a in d.values())
+        return itemsize * sum(a.numel() for d in (maps.self_attn, maps.cross_attn, maps.cross_attn_layers) for a in d.values())

@@ -62,6 +62,11 @@ class _Accumulator:
         self.layers: Dict[int, Dict[str, None]] = {}  # side -> ordered names of the layers that ran
         self.seen: set = set()  # sides at which a layer of the selection ran
         self.finalised = False
+        #: sides whose layers are ALSO kept one by one (head-sum, not averaged over layers);
+        #: set by AttentionCapture from ``AttentionRequest.cross_layer_resolutions``
+        self.per_layer: frozenset = frozenset()
+        self.layer_sums: Dict[Tuple[int, str], torch.Tensor] = {}  # (side, layer) -> (G, side², keys)
+        self.layer_counts: Dict[Tuple[int, str], torch.Tensor] = {}  # (side, layer) -> (G,)
         self.set_groups(torch.empty(0, dtype=torch.long))
 
     def set_groups(self, groups: torch.Tensor) -> None:
@@ -117,6 +122,52 @@ class _Accumulator:
     def count_layer(self, side: int, name: str) -> None:
         self.counts[side].index_add_(0, self.row_groups, torch.ones(self.row_groups.numel(), dtype=torch.float64))
         self.layers[side][name] = None
+        if (side, name) in self.layer_counts:
+            self.layer_counts[(side, name)].index_add_(
+                0, self.row_groups, torch.ones(self.row_groups.numel(), dtype=torch.float64)
+            )
+
+    # -- per-layer capture (SeeDiff's per-layer cross-attention normalisation) ----------
+    def layer_buffer(self, side: int, name: str, n_keys: int, device: torch.device) -> Optional[torch.Tensor]:
+        """The head-SUM buffer (G, side², keys) of one layer when ``side`` keeps its layers."""
+        if side not in self.per_layer:
+            return None
+        if (side, name) not in self.layer_sums:
+            with torch.inference_mode(False):
+                self.layer_sums[(side, name)] = torch.zeros(
+                    self.n_groups, side * side, n_keys, dtype=torch.float32, device=device
+                )
+                self.layer_counts[(side, name)] = torch.zeros(self.n_groups, dtype=torch.float64)
+        return self.layer_sums[(side, name)]
+
+    def add_layer_chunk(self, buffer: torch.Tensor, probs: torch.Tensor, start: int, stop: int) -> None:
+        """Add the head-sum of ``probs`` (B, heads, chunk, keys) into one layer's buffer."""
+        rows, row_groups = self._indices(probs.device)
+        head_sum = probs.sum(dim=1)
+        if rows is not None:
+            head_sum = head_sum.index_select(0, rows)
+        buffer[:, start:stop].index_add_(0, row_groups, head_sum)
+
+    def layer_result(self) -> Dict[int, torch.Tensor]:
+        """{side: (L, G, side², keys)}: each kept layer's head-sum, averaged over its calls
+        (steps, rows of a group); layers of a side in SeeDiff's reading order ("up" layers,
+        then "down", then "mid", each in the order they ran; ``src/seediff_app.py``
+        ``aggregate_attention`` with ``from_where=("up", "down")``)."""
+        order = {"up": 0, "down": 1, "mid": 2}
+        out: Dict[int, torch.Tensor] = {}
+        for side in sorted(self.per_layer, reverse=True):
+            names = [n for (s, n) in self.layer_sums if s == side]
+            if not names:
+                continue
+            ran = list(self.layers.get(side, {}))
+            names.sort(key=lambda n: (order[_part_of(n)], ran.index(n) if n in ran else len(ran)))
+            layers = []
+            for name in names:
+                counts = self.layer_counts[(side, name)].clamp(min=1)
+                total = self.layer_sums[(side, name)]
+                layers.append(total / counts.to(device=total.device, dtype=torch.float32).view(-1, 1, 1))
+            out[side] = torch.stack(layers)
+        return out
 
     def result(self, selection: str) -> Dict[int, torch.Tensor]:
         """Means per resolution, computed in place (the buffers become the results)."""
@@ -136,6 +187,10 @@ class _Accumulator:
                 total.div_(counts.to(device=total.device, dtype=torch.float32).view(-1, 1, 1))
             self.finalised = True
         return dict(sorted(self.sums.items(), reverse=True))
+
+
+def _part_of(layer_name: str) -> str:
+    return "up" if layer_name.startswith("up_blocks") else "down" if layer_name.startswith("down_blocks") else "mid"
 
 
 class CapturingAttnProcessor:
@@ -214,6 +269,7 @@ class CapturingAttnProcessor:
         batch, heads, n_queries, head_dim = query.shape
         acc = self.accumulator
         buffer = acc.buffer(side, key.shape[2], query.device)
+        layer_buffer = acc.layer_buffer(side, self.layer_name, key.shape[2], query.device)
         # float32 probabilities whatever the model dtype; q is scaled once, before QKᵀ
         query = query.float() * scale
         key_t = key.float().transpose(-1, -2)
@@ -232,6 +288,8 @@ class CapturingAttnProcessor:
             del scores
             out[:, :, start:stop] = torch.matmul(probs, value)
             acc.add_chunk(buffer, probs, start, stop)
+            if layer_buffer is not None:
+                acc.add_layer_chunk(layer_buffer, probs, start, stop)
         acc.count_layer(side, self.layer_name)
         return out
 
@@ -272,6 +330,13 @@ class AttentionCapture:
         cross = default_cross_groups(groups) if cross_groups is None else _as_groups(cross_groups, "cross_groups")
         self._self = _Accumulator("self", request.self_resolutions, n_groups or _count_groups(groups))
         self._cross = _Accumulator("cross", request.cross_resolutions, n_cross_groups or _count_groups(cross))
+        self._cross.per_layer = frozenset(int(r) for r in request.cross_layer_resolutions)
+        missing = sorted(self._cross.per_layer - set(self._cross.resolutions))
+        if missing:
+            raise ValueError(
+                f"AttentionRequest.cross_layer_resolutions {missing} are not in cross_resolutions "
+                f"{sorted(self._cross.resolutions, reverse=True)}"
+            )
         self.set_groups(groups, cross)
         layers = list_layers(unet.attn_processors)
         self.selected: Dict[str, List[AttentionLayer]] = {
@@ -319,6 +384,12 @@ class AttentionCapture:
 
     def cross_attention(self) -> Dict[int, torch.Tensor]:
         return self._cross.result(self.request.cross_layers) if self.request.cross_resolutions else {}
+
+    def cross_attention_layers(self) -> Dict[int, torch.Tensor]:
+        """{side: (L, G', side², 77)} for ``request.cross_layer_resolutions``: every selected
+        cross-attention layer of that side on its own, summed over heads (not averaged),
+        averaged over its calls; {} when none were requested."""
+        return self._cross.layer_result()
 
     @property
     def layers(self) -> Dict[Tuple[str, int], List[str]]:

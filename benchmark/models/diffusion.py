@@ -285,6 +285,7 @@ class DiffusionModel:
                 images_of_rows = image_of_row[rows].to(self.device)
                 self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows])
         self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
+        layer_maps = capture.cross_attention_layers()
 
         out, first = [], 0
         for i, qs in enumerate(queries):
@@ -296,6 +297,7 @@ class DiffusionModel:
                     {r: _own(a, prompts) for r, a in cross_maps.items()},
                     list(qs),
                     positions[i],
+                    {r: a[:, prompts].clone() for r, a in layer_maps.items()},
                 )
             )
             first += len(qs)
@@ -348,6 +350,7 @@ class DiffusionModel:
                         eps = eps_uncond + extract.guidance_scale * (eps_cond - eps_uncond)
                     latents = scheduler.step(eps, t, latents).prev_sample
             self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
+            layer_maps = capture.cross_attention_layers()
             images.extend(self.decode_latents(latents))
             for i, q in enumerate(chunk):
                 maps.append(
@@ -356,6 +359,7 @@ class DiffusionModel:
                         {r: _own(a, slice(i, i + 1)) for r, a in cross_maps.items()},
                         [q],
                         self._positions([q]),
+                        {r: a[:, i : i + 1].clone() for r, a in layer_maps.items()},
                     )
                 )
         return images, maps
