@@ -67,7 +67,7 @@ from .open_vocab import (
     check_token_rule,
     max_over_prompts,
     params_key,
-    word_attention,
+    word_columns,
 )
 
 STAGES = ("caa", "ca_sa", "cre", "ire", "be")
@@ -76,6 +76,18 @@ EXPANSIONS = ("mean", "cosine")
 BACKGROUND_MODES = ("last", "each_step")
 NORMALIZATIONS = ("max", "minmax")
 RESIZE_MODES = ("bilinear", "bicubic")
+CA_AGGREGATIONS = ("mean", "per_layer")
+TOKEN_OFFSET_RULES = ("none", "official")
+#: src/seediff_app.py ``aggregate_attention``: class names whose CA is read at extra token
+#: offsets from the first sub-token of the name (``if class_one == 'pottedplant' or ...``:
+#: the first token and the one two further; ``elif class_one == 'diningtable'``: the next)
+OFFICIAL_TOKEN_OFFSETS: Dict[str, Tuple[int, ...]] = {
+    "pottedplant": (0, 2), "tvmonitor": (0, 2), "cell phone": (0, 2), "parking meter": (0, 2), "diningtable": (1,),
+}
+#: src/seediff_app.py ``aggregate_attention``: a layer's head-summed CA map whose (unbiased)
+#: variance is not above this is min-max scaled and then multiplied by LOW_VARIANCE_WEIGHT
+LOW_VARIANCE = 1e-4
+LOW_VARIANCE_WEIGHT = 0.01
 #: stages that grow masks by seed expansion (the others read no expansion rule)
 EXPANDING_STAGES = ("cre", "ire", "be")
 #: cv2's Otsu skips split points whose class weight is below FLT_EPSILON
@@ -93,8 +105,9 @@ class SeeDiffParams:
 
     #: pipeline stage (ablation rows): caa | ca_sa | cre | ire | be (full SeeDiff)
     stage: str = "be"
-    #: side of the cross-attention map the seeds come from (Table 4: 16 | 32 | 64)
-    ca_resolution: int = 16
+    #: side of the cross-attention map the seeds come from (Table 4: 16 | 32 | 64);
+    #: None = latent/4 of ``extract.image_size`` (16 at 512 px, 24 at 768 px), like sa_resolutions
+    ca_resolution: Optional[int] = None
     #: self-attention sides of the expansion, ascending; None = latent/4, latent/2,
     #: latent of ``extract.image_size`` (16, 32, 64 at 512 px)
     sa_resolutions: Optional[List[int]] = None
@@ -102,7 +115,7 @@ class SeeDiffParams:
     alpha: float = 0.5
     #: binarisation threshold β of the final map (Eq. 12)
     beta: float = 0.3
-    #: threshold (≥ α, paper) | otsu (Otsu on map² × 255, official code)
+    #: threshold (≥ α, paper) | otsu (Otsu on float32 map² × 255 truncated to integers, official code)
     seed_rule: str = "threshold"
     #: mean (mean of the seeds' SA rows, Eq. 7) | cosine (summed cosine similarity of SA
     #: rows to the seeds' rows, official code)
@@ -120,6 +133,16 @@ class SeeDiffParams:
     #: sub-token(s) of a multi-token class name whose CA is read: first (official code:
     #: the first token of the name) | last | mean
     token_rule: str = "first"
+    #: mean (the CA map is the head- and layer-mean, then normalised: Eq. 5 on the mean) |
+    #: per_layer (official code: each layer's head-summed map min-max normalised, ×0.01 when
+    #: its variance ≤ 1e-4, the layers summed, then normalised again)
+    ca_aggregation: str = "mean"
+    #: none (columns of ``token_rule``) | official (src/seediff_app.py: pottedplant, tvmonitor,
+    #: cell phone, parking meter read the first token of the name and the one two further,
+    #: diningtable the token after its first; other names their first token)
+    token_offsets: str = "none"
+    #: compare with ``>`` at β and at ``pamr_threshold`` (official code) instead of ``≥`` (Eq. 12)
+    strict_thresholds: bool = False
     #: constant background score of the argmax over classes (segment mode); with 0.0 a
     #: pixel is background exactly when no class reaches β (Eq. 12 per class)
     bg_threshold: float = 0.0
@@ -133,7 +156,7 @@ class SeeDiffParams:
     #: fields applied after the soft maps M_final (Eq. 12, PAMR, the background argmax):
     #: grid points differing only in these share the soft maps
     MASK_ONLY_KEYS: ClassVar[Tuple[str, ...]] = (
-        "beta", "bg_threshold", "pamr_iterations", "pamr_dilations", "pamr_threshold"
+        "beta", "bg_threshold", "pamr_iterations", "pamr_dilations", "pamr_threshold", "strict_thresholds"
     )
 
     def __post_init__(self) -> None:
@@ -144,11 +167,13 @@ class SeeDiffParams:
         check_choice(self.normalize, NORMALIZATIONS, "normalize")
         check_choice(self.resize, RESIZE_MODES, "resize")
         check_token_rule(self.token_rule)
+        check_choice(self.ca_aggregation, CA_AGGREGATIONS, "ca_aggregation")
+        check_choice(self.token_offsets, TOKEN_OFFSET_RULES, "token_offsets")
         for key in ("alpha", "beta", "pamr_threshold", "bg_threshold"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"method.{key}={value}: expected a value in [0, 1]")
-        if self.ca_resolution < 1:
+        if self.ca_resolution is not None and self.ca_resolution < 1:
             raise ValueError(f"method.ca_resolution={self.ca_resolution}: expected a positive side length")
         if self.sa_resolutions is not None:
             sides = list(self.sa_resolutions)
@@ -175,6 +200,9 @@ class SeeDiffCodeParams(SeeDiffParams):
     normalize: str = "minmax"
     resize: str = "bicubic"
     pamr_iterations: int = 5000
+    ca_aggregation: str = "per_layer"
+    token_offsets: str = "official"
+    strict_thresholds: bool = True
 
 
 @dataclass
@@ -216,11 +244,17 @@ def normalize_maps(maps: torch.Tensor, mode: str) -> torch.Tensor:
 def otsu_foreground(maps: torch.Tensor) -> torch.Tensor:
     """The official code's seeds: Otsu on ``uint16(map² × 255)``; True where above the split.
 
-    Maps are (P, n). Follows cv2's THRESH_OTSU: the split t maximises the between-class
-    variance q₁q₂(μ₁ − μ₂)² over levels ≤ t vs > t, first maximum wins, splits with an
-    empty class are skipped and t = 0 when none is valid.
+    Maps are (P, n). The levels are computed as src/seediff_app.py does: ``(m * m) * 255`` in
+    float32, then truncated (``astype(np.uint16)``). Follows cv2's THRESH_OTSU: the split t
+    maximises the between-class variance q₁q₂(μ₁ − μ₂)² over levels ≤ t vs > t, first
+    maximum wins, splits with an empty class are skipped and t = 0 when none is valid.
+    Non-finite values (the official code's NaN from min-max of a constant map; this
+    harness's :func:`normalize_maps` gives zeros instead) are level 0.
     """
-    levels = (maps.double() ** 2 * 255).clamp(min=0).to(torch.int64)  # truncation, as astype
+    m = maps.float()
+    squared = (m * m) * 255.0  # float32, in the official order of operations
+    squared = torch.nan_to_num(squared, nan=0.0, posinf=0.0, neginf=0.0)
+    levels = squared.clamp(min=0).to(torch.int64)  # truncation, as astype
     bins = max(256, int(levels.max()) + 1) if levels.numel() else 256
     hist = torch.zeros(maps.shape[0], bins, dtype=torch.float64, device=maps.device)
     hist.scatter_add_(1, levels, torch.ones_like(levels, dtype=torch.float64))
@@ -245,6 +279,73 @@ def foreground_seeds(maps: torch.Tensor, params: SeeDiffParams) -> torch.Tensor:
     if params.seed_rule == "otsu":
         return otsu_foreground(maps)
     return maps >= params.alpha
+
+
+def passes(maps: torch.Tensor, threshold: float, strict: bool) -> torch.Tensor:
+    """``maps > threshold`` (official code) or ``maps >= threshold`` (Eq. 12)."""
+    return maps > threshold if strict else maps >= threshold
+
+
+def layer_normalized_sum(maps: torch.Tensor) -> torch.Tensor:
+    """src/seediff_app.py ``aggregate_attention``: Σ over maps (K, r, r) of each map min-max
+    scaled, times 0.01 when its unbiased variance is ≤ 1e-4; (r, r).
+
+    A constant map (the official code divides 0 by 0: NaN) contributes zeros here.
+    """
+    low = maps.var(dim=(1, 2)) <= LOW_VARIANCE  # torch.var: unbiased, as cross_maps_norm.var()
+    scaled = minmax(maps)
+    scaled = torch.where(low.view(-1, 1, 1), scaled * LOW_VARIANCE_WEIGHT, scaled)
+    return scaled.sum(0)
+
+
+def class_token_columns(positions: Sequence[int], word: Optional[str], params: SeeDiffParams, where: str) -> List[int]:
+    """The text columns read for one prompt's class word (``token_rule`` / ``token_offsets``)."""
+    if params.token_offsets == "official":
+        if not positions:
+            raise ValueError(f"no token positions for {where}: the word was not found in its prompt")
+        # offsets from the first sub-token of the name (target_location in save_cross_attention)
+        offsets = OFFICIAL_TOKEN_OFFSETS.get((word or "").strip().lower(), (0,))
+        return [int(positions[0]) + o for o in offsets]
+    return word_columns(positions, params.token_rule, where)
+
+
+def class_cross_attention(attn: AttentionMaps, side: int, params: SeeDiffParams) -> torch.Tensor:
+    """Raw CA map of every prompt's class word (P, side, side), before normalisation.
+
+    ca_aggregation=mean: the mean over the chosen columns of the head- and layer-mean map.
+    per_layer: :func:`layer_normalized_sum` over (column, layer) maps of the head-summed
+    layers, columns outermost (the official code's loop order).
+    """
+    per_layer = params.ca_aggregation == "per_layer"
+    source = attn.cross_attn_layers.get(side) if per_layer else attn.cross_attn.get(side)
+    if source is None:
+        kind = "per-layer cross-attention (AttentionMaps.cross_attn_layers)" if per_layer else "cross-attention"
+        captured = sorted(attn.cross_attn_layers if per_layer else attn.cross_attn)
+        raise ValueError(
+            f"method.ca_resolution={side}: no {kind} of that side was captured (captured sides: {captured})"
+        )
+    n_prompts = len(attn.token_positions)
+    expected = (4, 1, "(L, P, r*r, T)") if per_layer else (3, 0, "(P, r*r, T)")
+    if source.dim() != expected[0] or source.shape[expected[1]] != n_prompts or source.shape[-2] != side * side:
+        raise ValueError(
+            f"{'per-layer ' if per_layer else ''}cross-attention of shape {tuple(source.shape)} at side {side} does not "
+            f"fit {n_prompts} prompts: expected {expected[2]}"
+        )
+    maps = []
+    for p, positions in enumerate(attn.token_positions):
+        query = attn.queries[p] if p < len(attn.queries) else None
+        where = f"prompt {p}" + (f" ({query.text!r}, word {query.word!r})" if query is not None else "")
+        cols = class_token_columns(positions, None if query is None else query.word, params, where)
+        n_tokens = source.shape[-1]
+        if max(cols) >= n_tokens or min(cols) < 0:
+            raise ValueError(f"token positions {cols} of {where} outside the {n_tokens} captured text positions")
+        if per_layer:
+            layers = source[:, p].float()  # (L, r², T)
+            stack = torch.cat([layers[:, :, c] for c in cols]).view(-1, side, side)
+            maps.append(layer_normalized_sum(stack))
+        else:
+            maps.append(source[p][:, cols].float().mean(-1).view(side, side))
+    return torch.stack(maps)
 
 
 def background_seeds(maps: torch.Tensor, params: SeeDiffParams) -> torch.Tensor:
@@ -496,36 +597,57 @@ class SeeDiff(OpenVocabularyMethod):
         # latent/4, latent/2, latent: the three largest standard sides
         return sorted(standard_self_resolutions(self.image_size)[:3])
 
+    def ca_side(self, params: SeeDiffParams) -> int:
+        """Side of the CA map the seeds come from: ``ca_resolution``, or latent/4 of the
+        input size (16 at 512 px, 24 at 768 px, 6 at 192 px)."""
+        if params.ca_resolution is not None:
+            return int(params.ca_resolution)
+        sides = standard_self_resolutions(self.image_size)
+        return sides[min(2, len(sides) - 1)]
+
+    def check_sides(self, params: SeeDiffParams) -> None:
+        """Every side the params name exists at ``extract.image_size`` (errors name the key)."""
+        available = standard_self_resolutions(self.image_size)
+        if self.ca_side(params) not in available:
+            raise ValueError(
+                f"method.ca_resolution={params.ca_resolution}: no attention of that side at "
+                f"method.extract.image_size={self.image_size} (sides: {list(available)}); "
+                "set method.ca_resolution=null to follow the input size (latent/4)"
+            )
+        wrong = [s for s in self.self_sides(params) if s not in available]
+        if wrong:
+            raise ValueError(
+                f"method.sa_resolutions={params.sa_resolutions}: sides {wrong} do not exist at "
+                f"method.extract.image_size={self.image_size} (sides: {list(available)}); "
+                "set method.sa_resolutions=null to follow the input size"
+            )
+
     def self_sides(self, params: SeeDiffParams) -> List[int]:
         """The self-attention sides ``params.stage`` reads."""
         sides = self.expansion_sides(params)
         return [] if params.stage == "caa" else sides[-1:] if params.stage == "ca_sa" else sides
 
     def attention_request(self, params: SeeDiffParams) -> AttentionRequest:
+        self.check_sides(params)
+        ca_side = self.ca_side(params)
         return AttentionRequest(
             self_resolutions=tuple(sorted(self.self_sides(params), reverse=True)),
-            cross_resolutions=(params.ca_resolution,),
+            cross_resolutions=(ca_side,),
             self_layers=self.settings.self_layers,
             cross_layers=self.settings.cross_layers,
+            cross_layer_resolutions=(ca_side,) if params.ca_aggregation == "per_layer" else (),
         )
 
     # -- computing masks -------------------------------------------------------------------
     def prompt_maps(self, attn: AttentionMaps, params: SeeDiffParams) -> torch.Tensor:
         """Soft maps (P, s, s) of every prompt at attention resolution (before Eq. 12)."""
-        if params.ca_resolution not in attn.cross_attn:
-            raise ValueError(
-                f"method.ca_resolution={params.ca_resolution}: no cross-attention of that side was captured "
-                f"(captured sides: {sorted(attn.cross_attn)})"
-            )
         missing = [s for s in self.self_sides(params) if s not in attn.self_attn]
         if missing:
             raise ValueError(
                 f"method.sa_resolutions: self-attention sides {missing} were not captured "
                 f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
             )
-        cross = attn.cross_attn[params.ca_resolution]
-        side = params.ca_resolution
-        ca = word_attention(cross, attn.token_positions, params.token_rule, attn.queries).view(-1, side, side)
+        ca = class_cross_attention(attn, self.ca_side(params), params)
         prepared = self._attention_memo.get(
             attn.self_attn.values(), tuple(attn.self_attn), lambda: _ImageSelfAttention(attn.self_attn)
         )
@@ -541,7 +663,8 @@ class SeeDiff(OpenVocabularyMethod):
 
         Shared by the calls for one attention object (do not modify it in place).
         """
-        key = (tuple(ctx.out_size), tuple(self.expansion_sides(params)), params_key(params, params.MASK_ONLY_KEYS))
+        key = (tuple(ctx.out_size), tuple(self.expansion_sides(params)), self.ca_side(params),
+               params_key(params, params.MASK_ONLY_KEYS))
         return self._soft_memo.get((attn,), key, lambda: self._soft_masks(attn, ctx, params))
 
     def _soft_masks(self, attn: AttentionMaps, ctx: SegmentContext, params: SeeDiffParams) -> torch.Tensor:
@@ -556,12 +679,13 @@ class SeeDiff(OpenVocabularyMethod):
         soft values (no background class to fall back to)."""
         soft = self.soft_masks(attn, ctx, params)
         threshold = params.beta
+        strict = params.strict_thresholds
         if params.pamr_iterations > 0:
             if ctx.image is None:
                 raise ValueError(f"method.pamr_iterations={params.pamr_iterations} needs the image (SegmentContext.image)")
             image = ctx.image.float().to(soft.device)
             image = resize_maps(image, tuple(ctx.out_size), "bilinear")
-            refined = pamr(image, (soft >= params.beta).float(), params.pamr_iterations, params.pamr_dilations)
+            refined = pamr(image, passes(soft, params.beta, strict).float(), params.pamr_iterations, params.pamr_dilations)
             # min-max as the code; a constant result (a full or empty mask, up to the
             # rounding of the affinity sums) is kept as it is (already in [0, 1]) instead of
             # vanishing or turning rounding noise into a mask
@@ -569,7 +693,7 @@ class SeeDiff(OpenVocabularyMethod):
             constant = (flat.amax(1) - flat.amin(1) <= _CONSTANT_SPAN).view(-1, 1, 1)
             soft = torch.where(constant, refined, normalize_maps(refined, "minmax"))
             threshold = params.pamr_threshold
-        return soft * (soft >= threshold) if binarise else soft
+        return soft * passes(soft, threshold, strict) if binarise else soft
 
     def class_scores(self, attn: AttentionMaps, ctx: SegmentContext, plan: PromptPlan, params: SeeDiffParams) -> torch.Tensor:
         """(K, H, W) scores of the candidate classes (max over each class's prompts).

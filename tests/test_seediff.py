@@ -65,12 +65,18 @@ def cross_from_maps(maps: torch.Tensor) -> torch.Tensor:
     return rest
 
 
+HEADS = 8
+
+
 def make_attn(ca: Dict[int, torch.Tensor], sa: Dict[int, torch.Tensor], words: Sequence[str]) -> AttentionMaps:
+    """One cross-attention layer: the per-layer map (head-sum) is HEADS × the mean map."""
+    cross = {r: cross_from_maps(m) for r, m in ca.items()}
     return AttentionMaps(
         self_attn=dict(sa),
-        cross_attn={r: cross_from_maps(m) for r, m in ca.items()},
+        cross_attn=cross,
         queries=[PromptQuery(f"a photo of a {w}", w) for w in words],
         token_positions=[[WORD_COLUMN] for _ in words],
+        cross_attn_layers={r: (HEADS * c).unsqueeze(0) for r, c in cross.items()},
     )
 
 
@@ -118,8 +124,10 @@ def cosine_rows(sa: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def otsu_reference(m: torch.Tensor) -> torch.Tensor:
-    """Otsu as in cv2 (loop over split levels) on uint16(m² · 255): foreground mask."""
-    levels = np.floor(m.double().numpy().reshape(-1) ** 2 * 255).astype(np.int64)
+    """Otsu as in cv2 (loop over split levels) on uint16(m² · 255): foreground mask. The
+    levels as src/seediff_app.py computes them: (m * m) * 255 in float32, astype(uint16)."""
+    x = m.float().numpy().reshape(-1).astype(np.float32)
+    levels = ((x * x) * np.float32(255)).astype(np.uint16).astype(np.int64)
     n = levels.size
     best, split = 0.0, 0
     for t in range(int(levels.max()) + 1):

@@ -1,0 +1,207 @@
+"""SeeDiff official-code rules (BAIKLAB-Admin/SeeDiff ``src/seediff_app.py``) on small inputs:
+per-layer CA normalisation, float32 Otsu levels, strict thresholds, constant maps, the
+class-specific token offsets, and resolution defaults that follow the input size.
+
+References are the official rules written out step by step (loops, numpy float32)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.schema import ExtractionConfig
+from benchmark.types import AttentionMaps, PromptQuery, SegmentContext
+from methods.seediff import (
+    SeeDiff,
+    SeeDiffCode,
+    SeeDiffCodeParams,
+    SeeDiffParams,
+    class_cross_attention,
+    class_token_columns,
+    otsu_foreground,
+)
+
+HEADS = 8
+
+
+def official_layer_sum(per_head: torch.Tensor) -> torch.Tensor:
+    """aggregate_attention for one class column: per layer (heads, r, r) summed over heads;
+    var() > 1e-4 -> min-max, else min-max × 0.01; the layers summed; then min-max
+    (``ca_map_norm`` of save_cross_attention's 16-side call)."""
+    out = []
+    for layer in per_head:
+        m = layer.sum(0)
+        norm = (m - m.min()) / (m.max() - m.min())
+        out.append(norm if m.var() > 1e-4 else norm * 0.01)
+    total = torch.stack(out).sum(0)
+    return (total - total.min()) / (total.max() - total.min())
+
+
+def otsu_official(m: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """cv2 THRESH_OTSU on ``((m*m)*255).astype(np.uint16)`` with m float32: loop over splits
+    (``dtype=np.float64``: the same rule with the levels computed in float64)."""
+    m = m.astype(dtype).reshape(-1)
+    levels = ((m * m) * dtype(255)).astype(np.uint16).astype(np.int64)
+    n, best, split = levels.size, 0.0, 0
+    for t in range(int(levels.max()) + 1):
+        low, high = levels[levels <= t], levels[levels > t]
+        q1, q2 = low.size / n, high.size / n
+        if min(q1, q2) < 1.1920929e-07:
+            continue
+        sigma = q1 * q2 * (low.mean() - high.mean()) ** 2
+        if sigma > best:
+            best, split = sigma, t
+    return levels > split
+
+
+def attn_from_layers(per_head: torch.Tensor, word: str = "cat", positions=(5,)) -> AttentionMaps:
+    """per_head: (L, heads, r², T) probabilities of one prompt."""
+    layers = per_head.sum(1).unsqueeze(1)  # (L, 1, r², T)
+    mean = per_head.mean(1).mean(0).unsqueeze(0)  # (1, r², T)
+    r = int(per_head.shape[2] ** 0.5)
+    return AttentionMaps(
+        cross_attn={r: mean}, queries=[PromptQuery(f"a photo of a {word}", word)],
+        token_positions=[list(positions)], cross_attn_layers={r: layers},
+    )
+
+
+def peaks(values: dict, r: int = 16) -> torch.Tensor:
+    m = torch.zeros(r * r)
+    for i, v in values.items():
+        m[i] = v
+    return m
+
+
+def layers_with_peaks(peak_list, r=16, t=77, column=5) -> torch.Tensor:
+    """(L, heads, r², T): layer l has its class column from peak_list[l] (split over heads)."""
+    out = torch.full((len(peak_list), HEADS, r * r, t), 1.0 / t)
+    for l, values in enumerate(peak_list):
+        out[l, :, :, column] = peaks(values, r) / HEADS
+    return out
+
+
+# --------------------------------------------------------------------------- item 9
+def test_per_layer_normalisation_equals_the_official_rule_and_changes_the_seeds():
+    # two layers with peaks of different height: the layer mean sees one peak, the
+    # official per-layer min-max sees both
+    per_head = layers_with_peaks([{0: 1.0}, {255: 0.3}])
+    attn = attn_from_layers(per_head)
+    code = SeeDiffCodeParams(ca_resolution=16)
+    ca = class_cross_attention(attn, 16, code)[0]
+    reference = official_layer_sum(per_head[..., 5].view(2, HEADS, 16, 16))
+    norm = (ca - ca.min()) / (ca.max() - ca.min())
+    torch.testing.assert_close(norm, reference, atol=1e-6, rtol=0)
+    seeds_code = otsu_foreground(norm.view(1, -1))[0].nonzero().flatten().tolist()
+    assert seeds_code == np.flatnonzero(otsu_official(reference.numpy())).tolist() == [0, 255]
+    mean_params = SeeDiffCodeParams(ca_resolution=16, ca_aggregation="mean")
+    mean = class_cross_attention(attn, 16, mean_params)[0]
+    mean = (mean - mean.min()) / (mean.max() - mean.min())
+    assert otsu_foreground(mean.view(1, -1))[0].nonzero().flatten().tolist() == [0]
+
+
+def test_low_variance_layers_are_damped_by_0_01():
+    g = torch.Generator().manual_seed(3)
+    per_head = layers_with_peaks([{10: 1.0, 40: 0.5}, {100: 0.1}, {200: 0.9}])  # layer 1: var < 1e-4
+    per_head = per_head + 1e-3 * torch.rand(per_head.shape, generator=g)
+    ca = class_cross_attention(attn_from_layers(per_head), 16, SeeDiffCodeParams(ca_resolution=16))[0]
+    norm = (ca - ca.min()) / (ca.max() - ca.min())
+    reference = official_layer_sum(per_head[..., 5].view(3, HEADS, 16, 16))
+    torch.testing.assert_close(norm, reference, atol=1e-6, rtol=0)
+    assert per_head[1, :, :, 5].sum(0).var() <= 1e-4 and float(reference.view(-1)[100]) < 0.02
+
+
+def test_code_preset_captures_the_16_side_layers_one_by_one():
+    request = SeeDiffCode(extract=ExtractionConfig()).attention_request(SeeDiffCodeParams())
+    assert request.cross_resolutions == (16,) and request.cross_layer_resolutions == (16,)
+    assert SeeDiff(extract=ExtractionConfig()).attention_request(SeeDiffParams()).cross_layer_resolutions == ()
+
+
+# --------------------------------------------------------------------------- item 10
+def test_otsu_levels_are_float32_as_the_official_code():
+    # bicubically upsampled maps (values above 1 are overshoot); 0.99014753 is a float32
+    # whose square × 255 is 250 in float32 and 249.99999... in float64
+    values = torch.from_numpy(np.array([[0.99014753, 0.9298956, 0.9911372, 1.0488088]], dtype=np.float32))
+    ours = otsu_foreground(values)[0].numpy()
+    np.testing.assert_array_equal(ours, otsu_official(values[0].numpy()))
+    assert ours.tolist() != otsu_official(values[0].numpy(), np.float64).tolist()  # float64: another foreground
+
+
+@pytest.mark.parametrize("cls, params, kept", [
+    (SeeDiff, SeeDiffParams(ca_resolution=4, sa_resolutions=[4]), True),   # Eq. 12: >= beta
+    (SeeDiffCode, SeeDiffCodeParams(ca_resolution=4, sa_resolutions=[4], pamr_iterations=0), False),  # code: > 0.3
+])
+def test_beta_is_strict_in_the_code_preset(cls, params, kept):
+    m = cls(extract=ExtractionConfig(image_size=128))
+    soft = torch.tensor([[[0.3, 0.2], [0.9, 0.31]]])
+    m.soft_masks = lambda *args, **kw: soft
+    ctx = SegmentContext("img", (2, 2), class_names=["background", "cat"], candidates=[1])
+    scores = m.prompt_scores(None, ctx, params)[0]
+    assert bool(scores[0, 0] > 0) is kept and float(scores[1, 1]) == pytest.approx(0.31) and float(scores[0, 1]) == 0
+
+
+def test_pamr_threshold_is_strict_in_the_code_preset():
+    from methods.seediff import passes
+
+    x = torch.tensor([0.8, 0.81, 0.79])
+    assert passes(x, 0.8, True).tolist() == [False, True, False]
+    assert passes(x, 0.8, False).tolist() == [True, True, False]
+    assert SeeDiffCodeParams().strict_thresholds and not SeeDiffParams().strict_thresholds
+
+
+def test_constant_maps_give_a_defined_empty_result():
+    # the official code divides 0 by 0 here (NaN maps); the harness's min-max gives zeros,
+    # Otsu finds no foreground and the class mask is empty, without NaN anywhere
+    r = 4
+    per_head = torch.full((2, HEADS, r * r, 77), 1.0 / 77)
+    attn = attn_from_layers(per_head)
+    sides = [4, 8, 16]
+    attn.self_attn = {s: torch.full((1, s * s, s * s), 1.0 / (s * s)) for s in sides}
+    m = SeeDiffCode(extract=ExtractionConfig(image_size=128))
+    params = SeeDiffCodeParams(ca_resolution=4, sa_resolutions=sides, pamr_iterations=0)
+    ctx = SegmentContext("img", (16, 16), class_names=["background", "cat"], candidates=[1])
+    soft = m.soft_masks(attn, ctx, params)
+    assert torch.isfinite(soft).all()
+    assert bool((m.segment(attn, ctx, params) == 0).all())
+    assert not otsu_foreground(torch.full((1, 16), float("nan"))).any()
+
+
+# --------------------------------------------------------------------------- item 11
+@pytest.mark.parametrize("word, positions, columns", [
+    ("pottedplant", [5, 6, 7], [5, 7]),   # pot ted plant: first and +2
+    ("tvmonitor", [5, 6], [5, 7]),        # tv monitor: first and +2 (as the code, whatever lies there)
+    ("cell phone", [5, 6], [5, 7]),
+    ("diningtable", [5, 6], [6]),         # dining table: +1
+    ("aeroplane", [5, 6], [5]),           # every other name: its first token
+    ("cat", [5], [5]),
+])
+def test_official_token_offsets(word, positions, columns):
+    params = SeeDiffCodeParams()
+    assert class_token_columns(positions, word, params, "p") == columns
+    assert class_token_columns(positions, word, SeeDiffParams(token_rule="last"), "p") == positions[-1:]
+
+
+def test_offset_columns_are_normalised_per_layer_and_summed():
+    g = torch.Generator().manual_seed(1)
+    per_head = torch.softmax(torch.randn(2, HEADS, 256, 77, generator=g), -1)
+    attn = attn_from_layers(per_head, "pottedplant", positions=(5, 6, 7))
+    ca = class_cross_attention(attn, 16, SeeDiffCodeParams(ca_resolution=16))[0]
+    # the code appends the maps of column 5 (every layer), then of column 7
+    stacked = torch.cat([per_head[..., 5], per_head[..., 7]]).view(4, HEADS, 16, 16)
+    torch.testing.assert_close((ca - ca.min()) / (ca.max() - ca.min()), official_layer_sum(stacked), atol=1e-6, rtol=0)
+
+
+# ------------------------------------------------------------------ issue 14 item 10
+@pytest.mark.parametrize("cls", [SeeDiff, SeeDiffCode])
+@pytest.mark.parametrize("size, ca, sa", [(512, 16, (64, 32, 16)), (768, 24, (96, 48, 24)), (192, 6, (24, 12, 6))])
+def test_resolution_defaults_follow_the_input_size(cls, size, ca, sa):
+    m = cls(extract=ExtractionConfig(image_size=size))
+    request = m.attention_request(cls.Params())
+    assert request.cross_resolutions == (ca,) and request.self_resolutions == sa
+
+
+def test_a_side_missing_at_the_input_size_names_the_key():
+    m = SeeDiff(extract=ExtractionConfig(image_size=192))
+    with pytest.raises(ValueError, match=r"method.ca_resolution=16: .*image_size=192"):
+        m.attention_request(SeeDiffParams(ca_resolution=16))
+    with pytest.raises(ValueError, match=r"method.sa_resolutions=\[16, 32\]"):
+        m.attention_request(SeeDiffParams(sa_resolutions=[16, 32]))
