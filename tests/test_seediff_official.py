@@ -205,3 +205,16 @@ def test_a_side_missing_at_the_input_size_names_the_key():
         m.attention_request(SeeDiffParams(ca_resolution=16))
     with pytest.raises(ValueError, match=r"method.sa_resolutions=\[16, 32\]"):
         m.attention_request(SeeDiffParams(sa_resolutions=[16, 32]))
+
+
+@pytest.mark.slow
+def test_seediff_presets_run_from_the_cli_at_192_px(tmp_path):
+    from benchmark.compose import run_with_overrides
+
+    for name in ("seediff", "seediff_code"):
+        result = run_with_overrides(
+            ["dataset=synthetic", "dataset.n_images=1", "model=tiny", f"method={name}", "method.extract.image_size=192",
+             "method.pamr_iterations=2", "metric=miou", "run.progress=false"],
+            tmp_path / name,
+        )
+        assert result.payload["n_images"] == 1, name
