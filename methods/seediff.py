@@ -517,31 +517,59 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int], centre: bool) -> torc
     return torch.stack(out, 1)
 
 
-def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,)) -> torch.Tensor:
-    """Refine masks (C, H, W) by ``iterations`` steps of local colour-affinity averaging.
+def _replicate_pad_into(buffer: torch.Tensor, x: torch.Tensor, pad: int) -> None:
+    """Write ``x`` (C, H, W) into ``buffer`` (C, H + 2·pad, W + 2·pad) with replicated borders
+    (F.pad mode="replicate", without allocating)."""
+    height, width = x.shape[-2:]
+    buffer[:, pad : pad + height, pad : pad + width] = x
+    buffer[:, :pad, pad : pad + width] = x[:, :1]
+    buffer[:, pad + height :, pad : pad + width] = x[:, -1:]
+    buffer[:, :, :pad] = buffer[:, :, pad : pad + 1]
+    buffer[:, :, pad + width :] = buffer[:, :, pad + width - 1 : pad + width]
 
-    image: (3, H, W) float (any scale; the affinity is normalised by the local std).
-    Affinity to each neighbour j of pixel i: softmax_j(mean_channels(−|x_i − x_j| /
-    (1e-8 + 0.2 σ_i))), σ_i = std of the 3×3 neighbourhood per channel (as the reference
-    implementation); each step replaces a mask value by the affinity-weighted mean of its
-    neighbours.
+
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1,)) -> torch.Tensor:
+    """PAMR's fixed affinity (K, H, W), K = 8 × len(dilations), of an image (3, H, W).
+
+    softmax over the K neighbours j of mean_channels(−|x_i − x_j| / (1e-8 + 0.2 σ_i)),
+    σ_i = unbiased std over the 3×3 neighbourhood (centre included) per channel; borders
+    replicate-padded (src/pamr.py ``LocalAffinityAbs``, ``LocalStDev``, ``PAMR.forward``).
     """
     x = image.float()
     std = _neighbours(x, dilations, centre=True).std(1, keepdim=True)  # (3, 1, H, W)
     diff = (x.unsqueeze(1) - _neighbours(x, dilations, centre=False)).abs()  # (3, K, H, W)
-    affinity = torch.softmax((-diff / (1e-8 + 0.2 * std)).mean(0), dim=0)  # (K, H, W)
-    out = masks.float()
-    height, width = out.shape[-2:]
-    shifts = [(d, dy, dx) for d in dilations for dy, dx in _OFFSETS]  # the order of ``affinity``
+    return torch.softmax((-diff / (1e-8 + 0.2 * std)).mean(0), dim=0)
+
+
+def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,)) -> torch.Tensor:
+    """Refine masks (C, H, W) by ``iterations`` steps of local colour-affinity averaging
+    (Araslanov & Roth 2020; SeeDiff's copy: src/pamr.py ``PAMR``).
+
+    image: (3, H, W) float (any scale; the affinity is normalised by the local std).
+    Each step replaces every mask value by the affinity-weighted sum of its K neighbours
+    (:func:`pamr_affinity`). All labels and pixels at once: per step one in-place border
+    replication and K multiply-adds over the whole (C, H, W) stack; no temporaries are
+    allocated inside the loop. Returns float32 (C, H, W).
+    """
+    affinity = pamr_affinity(image, dilations)
+    out = masks.float().clone()
+    if iterations <= 0:
+        return out
+    channels, height, width = out.shape
     pad = max(dilations)
-    for _ in range(iterations):
-        # one padded copy and one multiply-add per neighbour: no (C, K, H, W) temporary
-        padded = F.pad(out.unsqueeze(1), [pad] * 4, mode="replicate")[:, 0]
-        step = torch.zeros_like(out)
-        for k, (d, dy, dx) in enumerate(shifts):
+    padded = torch.empty(channels, height + 2 * pad, width + 2 * pad, dtype=out.dtype, device=out.device)
+    step = torch.empty_like(out)
+    windows = []  # (K views into ``padded``, in the order of ``affinity``)
+    for d in dilations:
+        for dy, dx in _OFFSETS:
             top, left = pad + dy * d, pad + dx * d  # replicate padding = clamped coordinates
-            step.addcmul_(padded[:, top : top + height, left : left + width], affinity[k])
-        out = step
+            windows.append(padded[:, top : top + height, left : left + width])
+    for _ in range(iterations):
+        _replicate_pad_into(padded, out, pad)
+        torch.mul(windows[0], affinity[0], out=step)
+        for k in range(1, len(windows)):
+            step.addcmul_(windows[k], affinity[k])
+        out, step = step, out
     return out
 
 

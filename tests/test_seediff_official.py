@@ -218,3 +218,34 @@ def test_seediff_presets_run_from_the_cli_at_192_px(tmp_path):
             tmp_path / name,
         )
         assert result.payload["n_images"] == 1, name
+
+
+# ------------------------------------------------------------------ PAMR (issue 17 item 2)
+def _pamr_speed_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "pamr_speed.py"
+    spec = importlib.util.spec_from_file_location("pamr_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("dilations", [(1,), (1, 2)])
+def test_vectorised_pamr_equals_the_official_conv_formulation(dilations):
+    from methods.seediff import pamr
+
+    bench = _pamr_speed_module()
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(3, 13, 17, generator=g) * 255
+    masks = (torch.rand(3, 13, 17, generator=g) > 0.6).float()
+    expected = bench.pamr_direct(image, masks, 40, dilations)
+    torch.testing.assert_close(pamr(image, masks, 40, dilations), expected, atol=1e-5, rtol=0)
+    # one label at a time gives the same as all labels together
+    torch.testing.assert_close(pamr(image, masks[1:2], 40, dilations)[0], expected[1], atol=1e-5, rtol=0)
+
+
+def test_pamr_benchmark_reports_both_implementations():
+    r = _pamr_speed_module().pamr_seconds(size=24, labels=2, iterations=100, timed=3)
+    assert r["vectorised"] > 0 and r["direct"] > 0 and r["max_abs_diff"] < 1e-5
