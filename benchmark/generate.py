@@ -2,10 +2,13 @@
 
 For every class of a class list and every index k < ``n_per_class``: generate an image
 from noise with the method's prompt ("a photo of a {class}"), ``method.extract.steps``
-DDIM steps and guidance ``method.extract.guidance_scale`` (50 and 7 by default), capture
-the attention of the conditional branch averaged over the steps, grow the class mask with
-the method (``method=seediff`` or ``seediff_code``), and write the pair in the Pascal VOC
-layout::
+steps of ``scheduler`` (default: PNDM, the default scheduler of the SD v1.4 pipeline that
+SeeDiff's official code runs; 50 steps = 51 UNet calls; ``scheduler=ddim``: 50 calls) and
+guidance ``method.extract.guidance_scale`` (7, as src/seediff_app.py ``run``), capture the
+attention of the conditional half only, averaged over every UNet call, decode the image
+to uint8 by truncation (``to_uint8``; src/ptp_utils.py ``latent2image``), grow the class
+mask with the method (``method=seediff`` or ``seediff_code``; PAMR reads that uint8
+image), and write the pair in the Pascal VOC layout::
 
     out_dir/JPEGImages/<id>.jpg
     out_dir/SegmentationClass/<id>.png          palette PNG: class index, 0 background,
@@ -76,6 +79,11 @@ class GenerateConfig:
     jpeg_quality: int = 95
     #: show a progress bar
     progress: bool = True
+    #: denoising scheduler: pndm (SD v1.x's default PNDM, skip_prk_steps: what SeeDiff's
+    #: official code runs; 50 steps = 51 UNet calls) | ddim (50 steps = 50 calls)
+    scheduler: str = "pndm"
+    #: decoded image -> uint8: truncate (the official code's astype(np.uint8)) | round
+    to_uint8: str = "truncate"
 
 
 def voc_palette() -> List[int]:
@@ -163,6 +171,10 @@ class Generator:
             raise ConfigError(f"uncertain_from={o.uncertain_from}: expected a value in [0, 1] (or null)")
         if not 1 <= o.jpeg_quality <= 100:
             raise ConfigError(f"jpeg_quality={o.jpeg_quality}: expected 1..100")
+        if o.scheduler not in ("pndm", "ddim"):
+            raise ConfigError(f"scheduler={o.scheduler!r}: expected pndm (SeeDiff's official code) or ddim")
+        if o.to_uint8 not in ("truncate", "round"):
+            raise ConfigError(f"to_uint8={o.to_uint8!r}: expected truncate (official code) or round")
         self.model_cfg = validate_model(cfg.model)
         self.spec = validate_method(cfg.method)
         if not hasattr(self.spec.cls, "prompt_scores"):
@@ -219,6 +231,8 @@ class Generator:
             "class_names": self.class_names,
             "seed": self.options.seed,
             "uncertain_from": self.options.uncertain_from,
+            "scheduler": self.options.scheduler,
+            "to_uint8": self.options.to_uint8,
         })
 
     def check_settings(self) -> None:
@@ -290,7 +304,10 @@ class Generator:
         queries = self.method.queries(ctx)
         # one image per pair: a class with synonyms cycles through its prompt names
         query = queries[int(pair_id.rsplit("_", 1)[1]) % len(queries)]
-        images, maps = model.generate([query], request, self.spec.extract, seed=seed)
+        images, maps = model.generate(
+            [query], request, self.spec.extract, seed=seed, scheduler_name=self.options.scheduler,
+            to_uint8=self.options.to_uint8,
+        )
         image, attn = images[0], maps[0]  # post-processing stays on the model's device
         ctx.image = image
         ctx.out_size = tuple(int(s) for s in image.shape[-2:])

@@ -417,3 +417,39 @@ def test_cross_attention_layers_are_kept_one_by_one_as_head_sums(tiny_model):
     torch.testing.assert_close((layers / heads).mean(0), capture.cross_attention()[side], atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="cross_layer_resolutions"):
         AttentionCapture(unet, AttentionRequest((), (side,), cross_layer_resolutions=(4,)), [0, 1])
+
+
+def test_generate_with_pndm_as_the_official_code(tiny_model):
+    """SeeDiff's code: SD v1.x's default PNDM (skip_prk_steps: steps + 1 UNet calls),
+    attention of the conditional half averaged over every call, image truncated to uint8."""
+    from diffusers import PNDMScheduler
+
+    extract = ExtractionConfig(image_size=64, steps=4, guidance_scale=7.0, seed=2)
+    query = PromptQuery("a photo of a dog", "dog")
+    request = AttentionRequest((8,), (8,))
+    calls = tiny_model.unet_calls
+    images, maps = tiny_model.generate([query], request, extract, scheduler_name="pndm", to_uint8="truncate")
+    assert tiny_model.unet_calls - calls == 5  # 4 PLMS steps + the repeated first one
+
+    scheduler = PNDMScheduler.from_config(tiny_model.scheduler.config, skip_prk_steps=True)
+    scheduler.set_timesteps(4)
+    assert len(scheduler.timesteps) == 5
+    latents = _randn((4, 8, 8), derive_seed(2, "generate", 0))[None]
+    with torch.inference_mode():
+        emb = torch.cat([tiny_model.encode_prompts([""]), tiny_model.encode_prompts([query.text])])
+    per_step = []
+    for t in scheduler.timesteps:
+        store, eps = explicit_probabilities(tiny_model.unet, torch.cat([latents, latents]), t.expand(2), emb)
+        per_step.append(reference_mean(store, tiny_model.unet, "cross", 8, "all", [0, 1])[1])
+        eps_u, eps_c = eps.chunk(2)
+        latents = scheduler.step(eps_u + 7.0 * (eps_c - eps_u), t, latents).prev_sample
+    # guidance 7 amplifies the kernels' float rounding along the trajectory
+    torch.testing.assert_close(maps[0].cross_attn[8][0], torch.stack(per_step).mean(0), atol=1e-4, rtol=0)
+    with torch.inference_mode():
+        x = tiny_model.vae.decode(latents / tiny_model.vae.config.scaling_factor).sample.float()
+    truncated = ((x / 2 + 0.5).clamp(0, 1) * 255).to(torch.uint8)[0]  # astype(np.uint8)
+    assert (images[0].int() - truncated.int()).abs().max() <= 1  # kernel rounding of the latents only
+    rounded = tiny_model.decode_latents(latents, "round")[0]
+    assert (rounded.int() - tiny_model.decode_latents(latents, "truncate")[0].int()).max() == 1  # rounding != truncation
+    with pytest.raises(ValueError, match="scheduler"):
+        tiny_model.generate([query], request, extract, scheduler_name="euler")

@@ -54,6 +54,8 @@ def test_pairs_are_written_in_the_voc_layout(generated):
     assert not list(out.rglob(".*.tmp"))  # atomic writes leave no temporaries
     record = json.loads((out / "generation.json").read_text())
     assert record["method"] == "seediff" and record["extract"]["steps"] == 2
+    # the official code's generation: PNDM (steps + 1 UNet calls), truncated uint8 images
+    assert record["scheduler"] == "pndm" and record["to_uint8"] == "truncate"
 
 
 def test_voc_reader_reads_the_pairs_back_and_they_score(generated, tmp_path):
@@ -144,6 +146,8 @@ def test_uncertain_band_marks_255(tmp_path):
         (["+method.grid.beta=[0.3,0.5]"], "grid"),
         (["method.stage=everything"], "method.stage"),
         (["uncertain_from=0.9"], "uncertain_from"),
+        (["scheduler=euler"], "scheduler='euler'"),
+        (["to_uint8=floor"], "to_uint8='floor'"),
     ],
 )
 def test_bad_config_fails_at_start_naming_the_key(tmp_path, extra, match):

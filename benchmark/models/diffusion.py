@@ -183,13 +183,23 @@ class DiffusionModel:
             latents.append(z * self.vae.config.scaling_factor)
         return torch.cat(latents)
 
-    def decode_latents(self, latents: torch.Tensor) -> List[torch.Tensor]:
-        """uint8 (3, H, W) images of scaled latents."""
+    def decode_latents(self, latents: torch.Tensor, to_uint8: str = "round") -> List[torch.Tensor]:
+        """uint8 (3, H, W) images of scaled latents.
+
+        to_uint8: round (to nearest) | truncate (prompt-to-prompt's ``latent2image``, which
+        SeeDiff's src/ptp_utils.py uses: ``((x / 2 + 0.5).clamp(0, 1) * 255).astype(np.uint8)``).
+        """
+        if to_uint8 not in ("round", "truncate"):
+            raise ValueError(f"to_uint8={to_uint8!r}: expected round or truncate")
         images = []
         for start in range(0, latents.shape[0], self.max_batch):
             z = latents[start : start + self.max_batch] / self.vae.config.scaling_factor
-            x = self.vae.decode(z.to(self.dtype)).sample.float().clamp(-1, 1)
-            images.extend(((x + 1) * 127.5).round().to(torch.uint8).cpu().unbind(0))
+            x = self.vae.decode(z.to(self.dtype)).sample.float()
+            if to_uint8 == "truncate":
+                pixels = (x / 2 + 0.5).clamp(0, 1) * 255
+            else:
+                pixels = ((x.clamp(-1, 1) + 1) * 127.5).round()
+            images.extend(pixels.to(torch.uint8).cpu().unbind(0))
         return images
 
     # -- UNet ---------------------------------------------------------------------------
@@ -310,22 +320,34 @@ class DiffusionModel:
         request: AttentionRequest,
         extract: ExtractionConfig,
         seed: Optional[int] = None,
+        scheduler_name: str = "ddim",
+        to_uint8: str = "round",
     ) -> Tuple[List[torch.Tensor], List[AttentionMaps]]:
-        """One image per query, generated from noise with DDIM (``extract.steps``,
-        ``extract.guidance_scale``); attention of the conditional branch averaged over steps.
+        """One image per query, generated from noise (``extract.steps``,
+        ``extract.guidance_scale``); attention of the conditional branch averaged over all
+        UNet calls.
 
+        scheduler_name: ddim | pndm (diffusers' PNDMScheduler with ``skip_prk_steps``, the
+        default scheduler of SD v1.x pipelines that SeeDiff's code runs: ``steps`` + 1 UNet
+        calls, 51 for 50 steps); both take the model's noise schedule (betas, offset).
+        to_uint8: see :meth:`decode_latents`.
         The initial noise of query i is seeded from (seed or extract.seed, i).
         Returns (uint8 (3, S, S) images, one AttentionMaps per image with G = P = 1).
         """
-        from diffusers import DDIMScheduler
+        from diffusers import DDIMScheduler, PNDMScheduler
 
+        if scheduler_name not in ("ddim", "pndm"):
+            raise ValueError(f"scheduler={scheduler_name!r}: expected ddim or pndm")
         self._check_common(request, extract)
         side = self.check_image_size(extract.image_size)
         self.check_resolutions(request, side)
         seed = extract.seed if seed is None else int(seed)
         guided = float(extract.guidance_scale) != 1.0
         per_call = max(1, self.max_batch // (2 if guided else 1))
-        scheduler = DDIMScheduler.from_config(self.scheduler.config)
+        if scheduler_name == "pndm":
+            scheduler = PNDMScheduler.from_config(self.scheduler.config, skip_prk_steps=True)
+        else:
+            scheduler = DDIMScheduler.from_config(self.scheduler.config)
         channels = int(self.unet.config.in_channels)
         images: List[torch.Tensor] = []
         maps: List[AttentionMaps] = []
@@ -351,7 +373,7 @@ class DiffusionModel:
                     latents = scheduler.step(eps, t, latents).prev_sample
             self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
             layer_maps = capture.cross_attention_layers()
-            images.extend(self.decode_latents(latents))
+            images.extend(self.decode_latents(latents, to_uint8))
             for i, q in enumerate(chunk):
                 maps.append(
                     AttentionMaps(
