@@ -128,8 +128,16 @@ class SeeDiffParams:
     normalize: str = "max"
     #: interpolation of every resize: bilinear (paper, Eq. 8) | bicubic (official code)
     resize: str = "bilinear"
-    #: stage=ca_sa only: power k of SA in SA^k · CA (Dataset Diffusion uses k > 1)
+    #: stage=ca_sa only: power k of SA in SA^k · CA (Dataset Diffusion uses k > 1; the
+    #: SeeDiff supplement's CA·SA row: τ = 4)
     sa_power: int = 1
+    #: stage=ca_sa only: side of the self-attention of SA^k · CA (and of its output); None =
+    #: the largest expansion side (latent: 64 at 512 px). The supplement's row: SA32
+    ca_sa_side: Optional[int] = None
+    #: stage=caa only: ca (the ``ca_resolution`` map) | all (DiffuMask as the SeeDiff
+    #: supplement describes it: the CA of every side, latent/8 … latent, each normalised,
+    #: resized bilinearly to the largest side and averaged)
+    caa_sides: str = "ca"
     #: sub-token(s) of a multi-token class name whose CA is read: first (official code:
     #: the first token of the name) | last | mean
     token_rule: str = "first"
@@ -169,6 +177,9 @@ class SeeDiffParams:
         check_token_rule(self.token_rule)
         check_choice(self.ca_aggregation, CA_AGGREGATIONS, "ca_aggregation")
         check_choice(self.token_offsets, TOKEN_OFFSET_RULES, "token_offsets")
+        check_choice(self.caa_sides, ("ca", "all"), "caa_sides")
+        if self.ca_sa_side is not None and self.ca_sa_side < 1:
+            raise ValueError(f"method.ca_sa_side={self.ca_sa_side}: expected a positive side length (or null)")
         for key in ("alpha", "beta", "pamr_threshold", "bg_threshold"):
             value = getattr(self, key)
             if not 0.0 <= value <= 1.0:
@@ -642,6 +653,11 @@ class SeeDiff(OpenVocabularyMethod):
                 f"method.extract.image_size={self.image_size} (sides: {list(available)}); "
                 "set method.ca_resolution=null to follow the input size (latent/4)"
             )
+        if params.stage == "ca_sa" and params.ca_sa_side is not None and params.ca_sa_side not in available:
+            raise ValueError(
+                f"method.ca_sa_side={params.ca_sa_side}: no attention of that side at "
+                f"method.extract.image_size={self.image_size} (sides: {list(available)})"
+            )
         wrong = [s for s in self.self_sides(params) if s not in available]
         if wrong:
             raise ValueError(
@@ -653,17 +669,27 @@ class SeeDiff(OpenVocabularyMethod):
     def self_sides(self, params: SeeDiffParams) -> List[int]:
         """The self-attention sides ``params.stage`` reads."""
         sides = self.expansion_sides(params)
-        return [] if params.stage == "caa" else sides[-1:] if params.stage == "ca_sa" else sides
+        if params.stage == "caa":
+            return []
+        if params.stage == "ca_sa":
+            return [params.ca_sa_side] if params.ca_sa_side is not None else sides[-1:]
+        return sides
+
+    def cross_sides(self, params: SeeDiffParams) -> List[int]:
+        """The cross-attention sides read: ``ca_side``, or every side (stage=caa, caa_sides=all)."""
+        if params.stage == "caa" and params.caa_sides == "all":
+            return sorted(standard_self_resolutions(self.image_size))
+        return [self.ca_side(params)]
 
     def attention_request(self, params: SeeDiffParams) -> AttentionRequest:
         self.check_sides(params)
-        ca_side = self.ca_side(params)
+        cross = tuple(sorted(self.cross_sides(params), reverse=True))
         return AttentionRequest(
             self_resolutions=tuple(sorted(self.self_sides(params), reverse=True)),
-            cross_resolutions=(ca_side,),
+            cross_resolutions=cross,
             self_layers=self.settings.self_layers,
             cross_layers=self.settings.cross_layers,
-            cross_layer_resolutions=(ca_side,) if params.ca_aggregation == "per_layer" else (),
+            cross_layer_resolutions=cross if params.ca_aggregation == "per_layer" else (),
         )
 
     # -- computing masks -------------------------------------------------------------------
@@ -675,7 +701,17 @@ class SeeDiff(OpenVocabularyMethod):
                 f"method.sa_resolutions: self-attention sides {missing} were not captured "
                 f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
             )
-        ca = class_cross_attention(attn, self.ca_side(params), params)
+        if params.stage == "caa" and params.caa_sides == "all":
+            # DiffuMask row of the supplement: every side's class CA, normalised, resized
+            # bilinearly to the largest side, averaged
+            sides = self.cross_sides(params)
+            largest = (sides[-1], sides[-1])
+            ca = torch.stack([
+                resize_maps(normalize_maps(class_cross_attention(attn, s, params), params.normalize), largest, "bilinear")
+                for s in sides
+            ]).mean(0)
+        else:
+            ca = class_cross_attention(attn, self.ca_side(params), params)
         prepared = self._attention_memo.get(
             attn.self_attn.values(), tuple(attn.self_attn), lambda: _ImageSelfAttention(attn.self_attn)
         )
@@ -684,7 +720,8 @@ class SeeDiff(OpenVocabularyMethod):
         unit = None
         if params.expansion == "cosine" and params.stage in EXPANDING_STAGES:
             unit = {s: prepared.unit_rows(s) for s in sides}
-        return seediff_maps(ca, sa, self.expansion_sides(params), params, unit)
+        chain = sides if params.stage == "ca_sa" else self.expansion_sides(params)
+        return seediff_maps(ca, sa, chain, params, unit)
 
     def soft_masks(self, attn: AttentionMaps, ctx: SegmentContext, params: SeeDiffParams) -> torch.Tensor:
         """M_final of every prompt at ``ctx.out_size``: (P, H, W) in [0, 1], before β.

@@ -249,3 +249,53 @@ def test_vectorised_pamr_equals_the_official_conv_formulation(dilations):
 def test_pamr_benchmark_reports_both_implementations():
     r = _pamr_speed_module().pamr_seconds(size=24, labels=2, iterations=100, timed=3)
     assert r["vectorised"] > 0 and r["direct"] > 0 and r["max_abs_diff"] < 1e-5
+
+
+# --------------------------------------------------------------------------- item 13
+def _cross(maps: torch.Tensor, column: int = 5) -> torch.Tensor:
+    p, n = maps.shape[0], maps[0].numel()
+    out = torch.full((p, n, 77), 0.1 / 76)
+    out[:, :, column] = 0.9 * maps.reshape(p, n)
+    return out
+
+
+def test_table5_rows_follow_the_supplement():
+    """DiffuMask row: CA of all sides aggregated; CA·SA row: CA16 · SA32^τ, τ = 4."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(7)
+    sides = [2, 4, 8, 16]  # 128 px: latent 16
+    ca = {s: torch.rand(1, s, s, generator=g) for s in sides}
+    sa = {s: torch.softmax(3 * torch.randn(1, s * s, s * s, generator=g), -1) for s in (4, 8, 16)}
+    attn = AttentionMaps(sa, {s: _cross(m) for s, m in ca.items()}, [PromptQuery("a photo of a cat", "cat")], [[5]])
+    m = SeeDiff(extract=ExtractionConfig(image_size=128))
+
+    caa = SeeDiffParams(stage="caa", caa_sides="all")
+    assert m.attention_request(caa).cross_resolutions == (16, 8, 4, 2)
+    got = m.prompt_maps(attn, caa)[0]
+    per_side = [F.interpolate((0.9 * ca[s] / (0.9 * ca[s]).max())[None], size=(16, 16), mode="bilinear",
+                              align_corners=False)[0, 0] for s in sides]
+    mean = torch.stack(per_side).mean(0)
+    torch.testing.assert_close(got, mean / mean.max(), atol=1e-5, rtol=0)
+
+    ca_sa = SeeDiffParams(stage="ca_sa", sa_power=4, ca_sa_side=8)  # latent/2 (32 at 512 px)
+    request = m.attention_request(ca_sa)
+    assert request.self_resolutions == (8,) and request.cross_resolutions == (4,)
+    got = m.prompt_maps(attn, ca_sa)[0]
+    c = F.interpolate((0.9 * ca[4] / (0.9 * ca[4]).max())[None], size=(8, 8), mode="bilinear", align_corners=False)
+    v = c.reshape(-1)
+    for _ in range(4):
+        v = sa[8][0] @ v  # (SA · vec CA)[i] = Σ_j SA[i, j] CA[j]
+    torch.testing.assert_close(got, (v / v.max()).reshape(8, 8), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="method.ca_sa_side=5"):
+        m.attention_request(SeeDiffParams(stage="ca_sa", ca_sa_side=5))
+
+
+def test_table5_preset_sets_the_supplement_rows():
+    import yaml
+    from pathlib import Path
+
+    preset = yaml.safe_load((Path(__file__).resolve().parent.parent / "conf/experiment/seediff_table5.yaml").read_text())
+    method = preset["method"]
+    assert method["grid"]["stage"] == ["caa", "ca_sa", "be"]
+    assert method["caa_sides"] == "all" and method["sa_power"] == 4 and method["ca_sa_side"] == 32
