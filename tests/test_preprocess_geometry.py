@@ -125,3 +125,26 @@ def test_pil_nearest_differs_from_torch_nearest_exact_on_3x26():
     top, left, hh, ww = meta["crop_box"]
     diff = (exact[top : top + hh, left : left + ww] != out_label).any(0).nonzero().flatten().tolist()
     assert len(diff) == 1  # one column of the evaluated label differs
+
+
+@pytest.mark.slow
+def test_the_runner_feeds_the_float_image_to_the_vae(tmp_path, monkeypatch):
+    """preprocess=diffseg: the model encodes the unrounded float32 resize (DiffSeg feeds
+    tf.image.resize's float output to the VAE), not its uint8 rounding."""
+    from benchmark.compose import run_with_overrides
+    from benchmark.models.diffusion import DiffusionModel
+
+    seen = []
+    original = DiffusionModel.encode_images
+
+    def spy(self, images, extract, keys):
+        seen.extend(image.dtype for image in images)
+        return original(self, images, extract, keys)
+
+    monkeypatch.setattr(DiffusionModel, "encode_images", spy)
+    run_with_overrides(
+        ["experiment=smoke", "dataset.n_images=1", "dataset.height=48", "dataset.width=60", "dataset.preprocess=diffseg",
+         "dataset.resolution=128", "method.grid={}"],
+        tmp_path / "run",
+    )
+    assert seen == [torch.float32]
