@@ -167,10 +167,10 @@ def test_constant_maps_give_a_defined_empty_result():
 
 # --------------------------------------------------------------------------- item 11
 @pytest.mark.parametrize("word, positions, columns", [
-    ("pottedplant", [5, 6, 7], [5, 7]),   # pot ted plant: first and +2
-    ("tvmonitor", [5, 6], [5, 7]),        # tv monitor: first and +2 (as the code, whatever lies there)
+    ("pottedplant", [5, 6, 7], [5, 7]),   # pot ted plant: first and +2 ("plant")
+    ("tvmonitor", [5, 6], [5, 7]),        # tv monitor: first and +2 (as the code: the end-of-text token)
     ("cell phone", [5, 6], [5, 7]),
-    ("diningtable", [5, 6], [6]),         # dining table: +1
+    ("diningtable", [5, 6, 7], [6]),      # din ing table: +1 (as the code: "ing")
     ("aeroplane", [5, 6], [5]),           # every other name: its first token
     ("cat", [5], [5]),
 ])
@@ -299,3 +299,42 @@ def test_table5_preset_sets_the_supplement_rows():
     method = preset["method"]
     assert method["grid"]["stage"] == ["caa", "ca_sa", "be"]
     assert method["caa_sides"] == "all" and method["sa_power"] == 4 and method["ca_sa_side"] == 32
+
+
+def _real_clip_tokenizer():
+    import gzip
+    from pathlib import Path
+
+    from transformers import CLIPTokenizer
+
+    path = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+    if not path.is_file():
+        pytest.skip(f"the real CLIP BPE vocabulary is not at {path} (shared reference folder absent)")
+    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    # open_clip's SimpleTokenizer vocabulary: bytes, bytes + </w>, merges, the two specials
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs, n = bs[:], 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    units = [chr(c) for c in cs]
+    vocab = units + [u + "</w>" for u in units] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={v: i for i, v in enumerate(vocab)}, merges=[tuple(m.split()) for m in merges])
+
+
+@pytest.mark.parametrize("name, read", [
+    ("pottedplant", ["pot", "plant</w>"]),
+    ("diningtable", ["ing"]),
+    ("tvmonitor", ["tv", "<|endoftext|>"]),
+    ("parking meter", ["parking</w>", "<|endoftext|>"]),
+])
+def test_official_offsets_on_the_real_clip_vocabulary(name, read):
+    """What the official offsets read with SD's CLIP BPE (reproduced as the code has them)."""
+    tok = _real_clip_tokenizer()
+    ids = tok(f"a photo of a {name}")["input_ids"]
+    tokens = tok.convert_ids_to_tokens(ids)
+    positions = list(range(5, len(ids) - 1))  # the name's sub-tokens after "<sot> a photo of a"
+    columns = class_token_columns(positions, name, SeeDiffCodeParams(), name)
+    assert [tokens[c] for c in columns] == read
