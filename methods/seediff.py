@@ -16,26 +16,33 @@ Paper preset (``method=seediff``, Eqs. 5–12), for one class with CA map C ∈ 
            M'_final = (1 − M'_bg) ⊙ M'_K                                      (Eqs. 10–11)
 * binarise m = M_final ⊙ 1{M_final ≥ β}, M_final = M'_final at the output size (Eq. 12)
 
-Official-code preset (``method=seediff_code``, BAIKLAB-Admin/SeeDiff ``src/seediff_app.py``):
-Otsu seeds on C² scaled to 0..255, expansion by the summed cosine similarity of SA rows,
-self-attention of the first up layer of each resolution only, background inversion at
-every side after the first (32 and 64) applied to the bicubically upsampled previous map,
-min-max normalisation everywhere, bicubic resizes, final > 0.3, optional PAMR (5000
-iterations, dilation 1) and > 0.8.
+Official-code preset (``method=seediff_code``, BAIKLAB-Admin/SeeDiff ``src/seediff_app.py``
+``save_cross_attention``): each 16×16 CA layer summed over heads and min-max normalised on
+its own (×0.01 when its variance ≤ 1e-4), the layers summed (``ca_aggregation=per_layer``),
+the class-specific token offsets (``token_offsets=official``), Otsu seeds on C² × 255 in
+float32, expansion by the summed cosine similarity of SA rows, self-attention of the first
+up layer of each resolution only, background inversion at every side after the first (32
+and 64) applied to the bicubically upsampled previous map, min-max normalisation
+everywhere, bicubic resizes, final > 0.3, PAMR (5000 iterations, dilation 1) and > 0.8
+(strict comparisons: ``strict_thresholds``). Where the code divides 0 by 0 (constant maps:
+NaN) this module uses zeros (an empty mask).
 
 Ablations (in-run grid axes, all on one captured pass):
 
 * ``stage`` — Table 2 rows: ``caa`` (CA aggregation only, thresholded), ``cre`` (CA seeds
   expanded once with the self-attention of every side, averaged), ``ire`` (iterative
   expansion), ``be`` (+ background refinement = full SeeDiff); Table 5 rows: CA = ``caa``
-  (DiffuMask-style), CA·SA = ``ca_sa`` (Dataset-Diffusion-style SA^k · CA), SeeDiff = ``be``.
+  (DiffuMask-style; ``caa_sides=all``: CA of every side averaged, as the supplement),
+  CA·SA = ``ca_sa`` (Dataset-Diffusion-style SA^k · CA; supplement: SA32, k = τ = 4 via
+  ``ca_sa_side``, ``sa_power``), SeeDiff = ``be``.
 * ``ca_resolution`` — Table 4 (16 | 32 | 64): the side of the CA map the seeds come from;
   it is resized to the first expansion side, so only the CA map changes.
 
 Choices the equations leave open (documented, not hidden):
 
 * Eq. 5 normalises every layer's map at every step by its max before averaging; the
-  capture keeps only the head-, layer- (and step-) mean, so the mean is normalised.
+  paper preset normalises the head-, layer- (and step-) mean (``ca_aggregation=mean``);
+  ``per_layer`` normalises each layer's step-mean as the official code does.
 * Every expanded map M'_k is normalised (``normalize``) so that α applies to it; seeds of
   the next side come from the upsampled map as it is (Eqs. 8–9). An empty seed set
   expands to a zero map. Eq. 11's product is not re-normalised (paper preset).
