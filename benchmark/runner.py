@@ -134,7 +134,7 @@ class Runner:
 
             ctx.candidates, ctx.caption = resolve_candidates(
                 mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
-                getattr(settings, "candidates_file", None),
+                getattr(settings, "candidates_file", None), getattr(settings, "synonyms", None),
             )
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
