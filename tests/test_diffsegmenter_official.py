@@ -91,7 +91,7 @@ def test_official_file_errors_name_file_image_and_name(tmp_path):
     path = tmp_path / "filter.json"
     path.write_text(json.dumps({"image_similarity": {"a/2007_1.jpg": ["plane", "catt"]},
                                 "text_similarity": {"a/2007_1.jpg": []}}))
-    with pytest.raises(ValueError, match=r"2007_1\.jpg.*unknown class 'catt'.*did you mean 'cat'"):
+    with pytest.raises(ValueError, match=r"2007_1\.jpg.*unknown class 'catt'.*Did you mean 'cat'"):
         resolve_candidates("file", "2007_1", torch.zeros(1, 1), class_names("voc21"), 255, str(path),
                            {"aeroplane": ["plane"]})
     with pytest.raises(KeyError, match="2007_2"):
