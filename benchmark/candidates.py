@@ -181,7 +181,7 @@ def resolve_candidates(
         if key is None:
             raise KeyError(
                 f"method.candidates_file {candidates_file} has no entry for image {image_id!r} "
-                "(keys may be image ids, image paths or file names whose stem is the id, or COCO 2014 names)"
+                "(keys may be image ids, image paths or file names whose file stem is the id, or COCO 2014 names)"
             )
         entry = data[key]
         if isinstance(entry, dict):
