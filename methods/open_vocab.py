@@ -70,9 +70,17 @@ class OpenVocabParams:
     #: cross-attention fusion weights, largest side first (entry i: side n / 2**i);
     #: normalised over the captured sides. DiffSegmenter: 0.1·CA64 + 0.1·CA32 + 0.5·CA16 + 0.3·CA8
     cross_weights: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.5, 0.3])
+    #: two-token read: when the word after the class name in the prompt ends in "ing", also
+    #: read the column this many tokens after the (last) column ``token_rule`` reads and take
+    #: the mean of the two; 0 = off. Official: VOC 1 (class token + next,
+    #: ptp_stable_best.py ``[:,:,[4,5]]``), Context 1 (ptp_stable_voc10.py
+    #: ``[3+embs_len, 4+embs_len]``), COCO 2 (ptp_stable_coco.py ``[3+embs_len, 5+embs_len]``)
+    ing_offset: int = 0
 
     def __post_init__(self) -> None:
         check_token_rule(self.token_rule)
+        if isinstance(self.ing_offset, bool) or not isinstance(self.ing_offset, int) or self.ing_offset < 0:
+            raise ValueError(f"method.ing_offset={self.ing_offset!r}: expected an integer >= 0 (0 = off)")
         if not self.cross_weights or any(float(w) < 0 for w in self.cross_weights) or sum(self.cross_weights) <= 0:
             raise ValueError(
                 f"method.cross_weights={list(self.cross_weights)}: expected non-negative weights, largest side first, "
@@ -101,8 +109,10 @@ class OpenVocabSettings:
     #: continue each prompt with the image caption (needs captions from candidates=file or
     #: captioner=blip)
     caption_prompt: bool = False
-    #: emphasis of the class name in caption prompts: the official "{name}++" (Compel:
-    #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty) at the name's tokens); 1.0 = off
+    #: emphasis of the class name in every prompt when caption_prompt=true, whether or not
+    #: the caption adds words (the official prompt always carries "{name}++": Compel
+    #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty)), on the tokens of the name's LAST word
+    #: only ("traffic light++", ptp_stable_coco.py / ptp_stable_voc10.py); 1.0 = off
     caption_word_weight: float = 1.21
     # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
     #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
@@ -276,14 +286,19 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
     template = getattr(settings, "template", "")
     queries: List[PromptQuery] = []
     prompt_class: List[int] = []
+    # the official caption prompts carry "{name}++" whether or not the caption adds words
+    # (ptp_stable_best.py: prompt + "++" + out_prompt[len(prompt):]; ptp_stable_voc10.py /
+    # ptp_stable_coco.py: out_prompt[2+word_len] = f"{last_word}++"): on the last word only
+    weight = float(getattr(settings, "caption_word_weight", 1.0)) if getattr(settings, "caption_prompt", False) else 1.0
     for c in classes:
         class_name = str(ctx.class_names[c]).strip()
         for name in names[c]:
             text = prompt_text(template, name, caption, class_name)
-            # the "{name}++" emphasis belongs to caption-extended prompts only
-            extended = text != prompt_text(template, name)
-            weight = float(getattr(settings, "caption_word_weight", 1.0)) if extended else 1.0
-            queries.append(PromptQuery(text=text, word=name, word_weight=weight))
+            last_word = name.split()[-1]
+            queries.append(PromptQuery(
+                text=text, word=name, word_weight=weight,
+                weight_word=last_word if weight != 1.0 and last_word != name else None,
+            ))
             prompt_class.append(c)
     if not queries:  # no candidate: nothing to score, but the pass needs one prompt
         queries.append(PromptQuery(text=template_prefix(template)))
@@ -293,27 +308,62 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
 # --------------------------------------------------------------------------------------
 # cross-attention
 # --------------------------------------------------------------------------------------
-def word_columns(positions: Sequence[int], rule: str, where: str = "") -> List[int]:
-    """The token columns a rule reads from a word's sub-token positions."""
+def word_columns(positions: Sequence[int], rule: str, where: str = "", extra_offset: int = 0) -> List[int]:
+    """The token columns a rule reads from a word's sub-token positions; ``extra_offset`` > 0
+    adds the column that many tokens after the last column read (the official two-token read)."""
     check_token_rule(rule)
     positions = [int(p) for p in positions]
     if not positions:
         raise ValueError(f"no token positions for {where or 'a prompt word'}: the word was not found in its prompt")
     if rule == "first":
-        return positions[:1]
-    if rule == "last":
-        return positions[-1:]
-    return positions
+        cols = positions[:1]
+    elif rule == "last":
+        cols = positions[-1:]
+    else:
+        cols = positions
+    if extra_offset:
+        cols = cols + [cols[-1] + int(extra_offset)]
+    return cols
+
+
+def word_after(text: str, word: str) -> Optional[str]:
+    """The space-separated word that follows ``word`` (its first occurrence as whole words)
+    in ``text``, or None. The official rule splits the prompt on single spaces and looks at
+    the word after the class name (ptp_stable_best.py ``prompt[0].split(" ")[4]``;
+    ptp_stable_voc10.py / ptp_stable_coco.py ``prompt[0].split(" ")[3+word_len]``)."""
+    words, name = text.split(" "), word.split(" ")
+    n = len(name)
+    for i in range(len(words) - n + 1):
+        if [w.lower() for w in words[i:i + n]] == [w.lower() for w in name]:
+            return words[i + n] if i + n < len(words) else None
+    return None
+
+
+def reads_two_tokens(query: PromptQuery) -> bool:
+    """Whether the official two-token read applies: the word after the class name ends in "ing"."""
+    following = word_after(query.text, query.word) if query.word else None
+    return bool(following) and following.endswith("ing")
 
 
 def token_weights(
-    token_positions: Sequence[Sequence[int]], rule: str, n_tokens: int, queries: Sequence[PromptQuery] = ()
+    token_positions: Sequence[Sequence[int]], rule: str, n_tokens: int, queries: Sequence[PromptQuery] = (),
+    ing_offset: int = 0,
 ) -> torch.Tensor:
-    """(P, T) float32 weights: 1/k on the k columns each prompt's rule reads, 0 elsewhere."""
+    """(P, T) float32 weights: 1/k on the k columns each prompt's rule reads, 0 elsewhere.
+
+    ``ing_offset`` > 0: prompts whose class name is followed by a word ending in "ing"
+    (:func:`reads_two_tokens`, needs ``queries``) also read the column ``ing_offset`` tokens
+    after the rule's (last) column, each of the two columns weighted 1/2 (the official
+    ``[:,:,[i, i+offset]].mean(2)``).
+    """
+    if ing_offset and len(queries) != len(token_positions):
+        raise ValueError(f"method.ing_offset={ing_offset} needs the prompts' texts ({len(queries)} queries "
+                         f"for {len(token_positions)} prompts)")
     weights = torch.zeros(len(token_positions), n_tokens)
     for p, positions in enumerate(token_positions):
         where = f"prompt {p}" + (f" ({queries[p].text!r}, word {queries[p].word!r})" if p < len(queries) else "")
-        cols = word_columns(positions, rule, where)
+        extra = int(ing_offset) if ing_offset and reads_two_tokens(queries[p]) else 0
+        cols = word_columns(positions, rule, where, extra)
         if max(cols) >= n_tokens or min(cols) < 0:
             raise ValueError(f"token positions {cols} of {where} outside the {n_tokens} captured text positions")
         weights[p, cols] = 1.0 / len(cols)
@@ -321,13 +371,14 @@ def token_weights(
 
 
 def word_attention(cross: torch.Tensor, token_positions: Sequence[Sequence[int]], rule: str,
-                   queries: Sequence[PromptQuery] = ()) -> torch.Tensor:
-    """(P, q, T) cross-attention -> (P, q): each prompt's word columns reduced by ``rule``."""
+                   queries: Sequence[PromptQuery] = (), ing_offset: int = 0) -> torch.Tensor:
+    """(P, q, T) cross-attention -> (P, q): each prompt's word columns reduced by ``rule``
+    (and the two-token read of :func:`token_weights` when ``ing_offset`` > 0)."""
     if cross.dim() != 3 or cross.shape[0] != len(token_positions):
         raise ValueError(
             f"cross-attention of shape {tuple(cross.shape)} does not fit {len(token_positions)} prompts: expected (P, r*r, T)"
         )
-    weights = token_weights(token_positions, rule, cross.shape[-1], queries).to(cross.device)
+    weights = token_weights(token_positions, rule, cross.shape[-1], queries, ing_offset).to(cross.device)
     return torch.einsum("pqt,pt->pq", cross.float(), weights)
 
 
@@ -337,6 +388,7 @@ def fuse_cross_attention(
     rule: str,
     weights: Sequence[float],
     queries: Sequence[PromptQuery] = (),
+    ing_offset: int = 0,
 ) -> torch.Tensor:
     """DiffSegmenter's fused cross-attention (P, n, n) at the largest captured side n.
 
@@ -354,7 +406,7 @@ def fuse_cross_attention(
         cross = cross_attn[side]
         if cross.dim() != 3 or cross.shape[1] != side * side:
             raise ValueError(f"cross_attn[{side}] has shape {tuple(cross.shape)}; expected (P, {side * side}, T)")
-        maps = word_attention(cross, token_positions, rule, queries).view(-1, side, side)
+        maps = word_attention(cross, token_positions, rule, queries, ing_offset).view(-1, side, side)
         term = weight * minmax(resize_maps(maps, (n, n), "bilinear"))
         fused = term if fused is None else fused + term
     return fused
@@ -525,7 +577,8 @@ class OpenVocabularyMethod(Method):
         )
 
     def fused_cross_attention(self, attn: AttentionMaps, params: Any) -> torch.Tensor:
-        return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights, attn.queries)
+        return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights,
+                                    attn.queries, getattr(params, "ing_offset", 0))
 
     def self_attention_at(self, attn: AttentionMaps, side: int) -> torch.Tensor:
         if side not in attn.self_attn:

@@ -16,6 +16,7 @@ import yaml
 
 from benchmark.candidates import resolve_candidates
 from benchmark.data.reference import class_names
+from benchmark.types import PromptQuery
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "reference" / "diffsegmenter"
@@ -96,3 +97,94 @@ def test_official_file_errors_name_file_image_and_name(tmp_path):
                            {"aeroplane": ["plane"]})
     with pytest.raises(KeyError, match="2007_2"):
         resolve_candidates("file", "2007_2", torch.zeros(1, 1), class_names("voc21"), 255, str(path))
+
+
+# -- items 1-3: prompts, "++" and the two-token read ----------------------------------------------
+def official_columns(folder: str, prompt: str, name: str, tokenizer) -> list:
+    """The columns the official code reads, by its own rules (prompt written with "++")."""
+    words = prompt.split(" ")
+    if folder == "voc12":  # ptp_stable_best.py
+        return [4, 5] if len(words) > 4 and words[4].endswith("ing") else [4]
+    embs_len = len(tokenizer.encode(name)) - 2
+    word_len = len(name.split(" "))
+    step = 1 if folder == "voc10" else 2  # ptp_stable_voc10.py [3+e, 4+e]; ptp_stable_coco.py [3+e, 5+e]
+    try:
+        two = words[3 + word_len].endswith("ing")
+    except IndexError:
+        two = False
+    return [3 + embs_len, 3 + embs_len + step] if two else [3 + embs_len]
+
+
+CAPTIONS = ["", "running on grass", "sitting on a bed", "ring", "in the sky", "standing", "is running"]
+
+
+@pytest.mark.parametrize("folder", ["voc12", "voc10", "coco"])
+def test_two_token_read_equals_the_official_columns(tiny_model, folder):
+    from benchmark.config import validate_method
+    from methods.open_vocab import token_weights
+
+    experiment, dataset = PRESETS[folder]
+    spec = preset(experiment)["method"]
+    method = validate_method({**yaml.safe_load((REPO / "conf/method/diffsegmenter.yaml").read_text()), **spec,
+                              "candidates": "all", "captioner": "none", "caption_prompt": False})
+    params = method.points[0]
+    template = spec["template"]
+    names = {"voc12": ["dog", "motorbike", "people"], "voc10": ["dog", "motorbike", "person"],
+             "coco": ["dog", "traffic light", "teddy bear", "toothbrus"]}[folder]
+    for name in names:
+        for rest in CAPTIONS:
+            text = f"{template} {name}" + (f" {rest}" if rest else "")
+            official_prompt = f"{template} {name}++" + (f" {rest}" if rest else "")
+            q = PromptQuery(text=text, word=name)
+            pos = tiny_model.token_positions(text, name)
+            w = token_weights([pos], params.token_rule, 77, [q], params.ing_offset)[0]
+            got = torch.nonzero(w).flatten().tolist()
+            want = official_columns(folder, official_prompt, name, tiny_model.tokenizer)
+            assert got == want, (text, got, want)
+            assert torch.allclose(w[got], torch.full((len(got),), 1.0 / len(got)))
+
+
+def test_two_token_read_changes_the_fused_map():
+    from methods.open_vocab import fuse_cross_attention
+
+    cross = {8: torch.rand(1, 64, 77, generator=torch.Generator().manual_seed(0))}
+    q = PromptQuery(text="a photograph of dog running on grass", word="dog")
+    one = fuse_cross_attention(cross, [[4]], "first", [1.0], [q], ing_offset=0)
+    two = fuse_cross_attention(cross, [[4]], "first", [1.0], [q], ing_offset=1)
+    mean = cross[8][0][:, [4, 5]].mean(1).view(8, 8)
+    torch.testing.assert_close(two[0], (mean - mean.min()) / (mean.max() - mean.min()))
+    assert not torch.allclose(one, two)
+
+
+@pytest.mark.parametrize("folder", ["voc12", "voc10", "coco"])
+def test_preset_prompts_carry_name_plus_plus_on_the_last_word_even_without_caption(folder):
+    from benchmark.types import SegmentContext
+    from methods.open_vocab import OpenVocabSettings, plan_prompts
+
+    experiment, dataset = PRESETS[folder]
+    spec = preset(experiment)["method"]
+    names = class_names(dataset)
+    settings = OpenVocabSettings(template=spec["template"], synonyms=spec["synonyms"], candidates="file",
+                                 candidates_file="x.json", caption_prompt=True)
+    multi = [i for i, n in enumerate(names) if " " in n] or [1]
+    ctx = SegmentContext("img", (4, 4), names, candidates=[1] + multi[:1], caption=None)
+    plan = plan_prompts(ctx, settings)
+    for q in plan.queries:
+        assert q.word_weight == pytest.approx(1.21)  # "a photograph of dog++": the caption added nothing
+        assert q.text == f"{spec['template']} {q.word}"
+        last = q.word.split(" ")[-1]
+        assert (q.weight_word or q.word) == last  # "traffic light++" weights "light" only
+
+
+def test_only_the_last_words_tokens_are_weighted(tiny_model):
+    text, word = "a photography of traffic light on a road", "traffic light"
+    plain = tiny_model.encode_prompts([text])[0]
+    empty = tiny_model.encode_prompts([""])[0]
+    got = tiny_model.encode_queries([PromptQuery(text, word, word_weight=1.21, weight_word="light")])[0]
+    pos = tiny_model.token_positions(text, "light")
+    assert pos == tiny_model.token_positions(text, word)[-len(pos):]
+    expected = plain.clone()
+    expected[pos] = empty[pos] + 1.21 * (plain[pos] - empty[pos])
+    torch.testing.assert_close(got, expected)
+    with pytest.raises(ValueError, match="not the end of word"):
+        tiny_model.encode_queries([PromptQuery(text, word, word_weight=1.21, weight_word="traffic")])
