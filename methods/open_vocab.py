@@ -46,6 +46,17 @@ from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_reso
 from .base import Method, check_choice
 
 TOKEN_RULES = ("first", "last", "mean")
+#: background-score protocols: official_sweep = the official evaluation's sweep of the
+#: constant background score on the evaluated split, best point reported (an ORACLE, as the
+#: published numbers); fixed = one given score (method.bg_threshold)
+BG_PROTOCOLS = ("official_sweep", "fixed")
+#: the official sweep: ``for i in range(args.start, args.end): t = i/100.0`` with start=30,
+#: end=75 (open_vocabulary/voc12/evaluation_voc12.py, voc10/evaluation_voc10.py,
+#: coco/evaluation_coco.py ``class Args`` and ``test()``): 0.30, 0.31, ..., 0.74
+OFFICIAL_BG_SWEEP = tuple(i / 100.0 for i in range(30, 75))
+#: which best point of the sweep is kept when several tie: first (VOC, Context: ``if mIoU >
+#: max_mIoU``) | last (COCO: ``if mIoU >= max_mIoU``)
+BG_SWEEP_TIES = ("first", "last")
 CAPTIONERS = ("none", "blip")
 CLIP_TEXT_MATCH = ("phrases", "caption")
 NAME_PLACEHOLDER = "{name}"
@@ -98,6 +109,13 @@ class OpenVocabSettings:
     #: JSON {image_id: [classes]} or {image_id: {"classes": [...], "caption": ...}}; a
     #: caption may be one string or {prompt name: caption} (the official per-class captions)
     candidates_file: Optional[str] = None
+    #: background-score protocol: official_sweep (the official evaluation's in-run grid
+    #: bg_threshold = 0.30..0.74 step 0.01, best point reported, an ORACLE like the published
+    #: numbers) | fixed (method.bg_threshold; a grid you give is still labelled ORACLE)
+    bg_protocol: str = "fixed"
+    #: official_sweep: the best point kept on a tie: first (official VOC/Context ">") | last
+    #: (official COCO ">=")
+    bg_sweep_tie: str = "first"
     #: prompt prefix written before the class name ("a photograph of" -> "a photograph of
     #: cat"), or a string with a {name} placeholder. Official: "a photograph of" (VOC),
     #: "a photography of" (Context, COCO)
@@ -142,6 +160,8 @@ class OpenVocabSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.candidates, CANDIDATE_MODES, "candidates")
+        check_choice(self.bg_protocol, BG_PROTOCOLS, "bg_protocol")
+        check_choice(self.bg_sweep_tie, BG_SWEEP_TIES, "bg_sweep_tie")
         if self.candidates == "file" and not self.candidates_file:
             raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
         if self.template.count(NAME_PLACEHOLDER) > 1:
@@ -530,6 +550,30 @@ class OpenVocabularyMethod(Method):
         self._plan_memo = OneEntryMemo()
         # grid points of one image that differ only in bg_threshold share the best class per pixel
         self._best_memo = OneEntryMemo()
+
+    # -- protocol -------------------------------------------------------------------------------
+    @classmethod
+    def implied_grid(cls, settings: Mapping[str, Any], grid: Mapping[str, Any]) -> Dict[str, Any]:
+        """The in-run grid with what ``settings`` imply: ``bg_protocol=official_sweep`` adds the
+        official sweep as the ``bg_threshold`` axis. ValueError when the user's grid also
+        sweeps it (the protocol fixes the range)."""
+        if settings.get("bg_protocol", "fixed") != "official_sweep":
+            return dict(grid)
+        if "bg_threshold" in grid:
+            raise ValueError(
+                "method.bg_protocol=official_sweep sweeps bg_threshold over the official 0.30..0.74 itself; "
+                f"remove method.grid.bg_threshold={list(grid['bg_threshold'])!r} or set method.bg_protocol=fixed"
+            )
+        return {**grid, "bg_threshold": list(OFFICIAL_BG_SWEEP)}
+
+    @classmethod
+    def protocol(cls, settings: Any) -> Dict[str, Any]:
+        """What makes a run comparable with published numbers (tables compare it)."""
+        return {
+            "candidates": getattr(settings, "candidates", None),
+            "bg_protocol": getattr(settings, "bg_protocol", None),
+            "bg_sweep_tie": getattr(settings, "bg_sweep_tie", None),
+        }
 
     # -- contract ---------------------------------------------------------------------------
     def attention_request(self, params: Any) -> AttentionRequest:
