@@ -188,3 +188,83 @@ def test_only_the_last_words_tokens_are_weighted(tiny_model):
     torch.testing.assert_close(got, expected)
     with pytest.raises(ValueError, match="not the end of word"):
         tiny_model.encode_queries([PromptQuery(text, word, word_weight=1.21, weight_word="traffic")])
+
+
+# -- item 6 / 14: background protocols, published numbers beside comparable runs only ---------------
+def test_official_sweep_is_the_official_range_and_conflicts_with_a_user_grid():
+    from benchmark.compose import compose_config
+    from benchmark.config import ConfigError, validate
+
+    v = validate(compose_config(["experiment=diffsegmenter_voc21", "method.candidates=all", "method.captioner=none",
+                                 "method.caption_prompt=false"]))
+    # evaluation_voc12.py: for i in range(30, 75): t = i/100.0
+    assert [p.bg_threshold for p in v.method.points] == [i / 100.0 for i in range(30, 75)]
+    assert v.method.grid_keys == ["bg_threshold"]
+    fixed = validate(compose_config(["experiment=diffsegmenter_voc21", "method.candidates=all", "method.captioner=none",
+                                     "method.caption_prompt=false", "method.bg_protocol=fixed", "method.bg_threshold=0.4"]))
+    assert [p.bg_threshold for p in fixed.method.points] == [0.4] and fixed.method.grid_keys == []
+    with pytest.raises(ConfigError, match="official_sweep.*method.grid.bg_threshold"):
+        validate(compose_config(["experiment=diffsegmenter_voc21", "method.candidates=all", "method.captioner=none",
+                                 "method.caption_prompt=false", "+method.grid.bg_threshold=[0.3,0.5]"]))
+
+
+def test_best_point_follows_the_official_tie_rules():
+    from benchmark.tables import best_index
+
+    results = [{"metrics": {"mIoU": v}} for v in (10.0, 30.0, 20.0, 30.0, 5.0)]
+    assert best_index(results, "mIoU", "first") == 1  # evaluation_voc12.py / voc10: mIoU > max_mIoU
+    assert best_index(results, "mIoU", "last") == 3  # evaluation_coco.py: mIoU >= max_mIoU
+
+
+RUN = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou", "candidates": "file",
+       "bg_protocol": "official_sweep", "subset": None}
+REF = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou"}
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, None),
+    ({"candidates": "clip"}, None),
+    ({"candidates": "gt"}, "method.candidates=gt (image-level ground-truth labels"),
+    ({"candidates": "all"}, "method.candidates=all"),
+    ({"bg_protocol": "fixed"}, "method.bg_protocol=fixed"),
+    ({"subset": "dataset.limit=4"}, "subset: dataset.limit=4"),
+    ({"dataset": "context60"}, "dataset=context60"),
+    ({"metric": "hungarian_dataset"}, "metric=hungarian_dataset"),
+])
+def test_published_numbers_need_the_reference_protocol(change, reason):
+    from benchmark.tables import published_numbers, withheld_reasons
+
+    entry = published_numbers(REF)
+    reasons = withheld_reasons(REF, entry, {**RUN, **change})
+    if reason is None:
+        assert reasons == []
+    else:
+        assert len(reasons) == 1 and reason in reasons[0], reasons
+
+
+@pytest.mark.slow  # ~25 s: 3 images x 45 sweep points on the tiny SD
+def test_voc21_preset_runs_end_to_end_with_the_official_candidates_file(tmp_path):
+    import dataset_layouts as layouts
+    import pandas as pd
+
+    from benchmark.compose import run_with_overrides
+
+    path = shared_file("voc12")
+    layouts.write_voc(tmp_path / "voc")
+    out = run_with_overrides(
+        ["experiment=diffsegmenter_voc21", "model=tiny", f"dataset.root={tmp_path / 'voc'}", "dataset.num_workers=0",
+         "method.candidates=file", f"method.candidates_file={path}", "method.captioner=none",
+         "method.extract.image_size=128", "run.progress=false"],
+        tmp_path / "run",
+    )
+    p = out.payload
+    assert p["n_images"] == 3 and len(p["results"]) == 45
+    assert p["protocol"]["bg_protocol"] == "official_sweep" and p["protocol"]["subset"] is None
+    assert p["published"]["mIoU"] == 60.1 and p["published_withheld"] == []
+    frame = pd.read_csv(tmp_path / "run" / "table.csv")
+    best = [i for i, s in enumerate(frame["selected"].fillna("")) if s]
+    values = [r["metrics"]["mIoU"] for r in p["results"]]
+    assert best == [values.index(max(values))]  # VOC keeps the first best
+    assert frame["mIoU (paper)"].notna().tolist() == [i == best[0] for i in range(45)]
+    table = (tmp_path / "run" / "table.md").read_text()
+    assert "ORACLE" in table and "PIPELINE CHECK" in table
