@@ -268,3 +268,76 @@ def test_voc21_preset_runs_end_to_end_with_the_official_candidates_file(tmp_path
     assert frame["mIoU (paper)"].notna().tolist() == [i == best[0] for i in range(45)]
     table = (tmp_path / "run" / "table.md").read_text()
     assert "ORACLE" in table and "PIPELINE CHECK" in table
+
+
+def _official_voc_labels(cross, sa, prompts, out_size, threshold, classes, n_classes):
+    """ptp_stable_best.py + evaluation_voc12.py on given per-prompt attention, written from
+    their lines: columns [4,5] when prompt.split(" ")[4] ends in "ing" else [4]; per side
+    bilinear to 64, min-max, x 0.3/0.5/0.1/0.1 (8/16/32/64); the prompt's OWN SA64 @ vec;
+    bilinear to the label size, min-max x 255; /255, background row = threshold, argmax."""
+    weight = [0.3, 0.5, 0.1, 0.1]
+    images = []
+    for p, prompt in enumerate(prompts):
+        words = prompt.split(" ")
+        cols = [4, 5] if len(words) > 4 and words[4].endswith("ing") else [4]
+        out = []
+        for idx, res in enumerate([8, 16, 32, 64]):
+            att = cross[res][p][:, cols].mean(1).view(res, res)
+            if res != 64:
+                att = torch.nn.functional.interpolate(att[None, None], size=(64, 64), mode="bilinear",
+                                                      align_corners=False)[0, 0]
+            out.append((att - att.min()) / (att.max() - att.min()) * weight[idx])
+        images.append((sa[p] @ torch.stack(out).sum(0).view(4096, 1)).view(64, 64))
+    images = torch.nn.functional.interpolate(torch.stack(images)[:, None], size=out_size, mode="bilinear",
+                                             align_corners=False)[:, 0]
+    tensor = torch.zeros(n_classes, *out_size)
+    for p, c in enumerate(classes):
+        tensor[c] = (images[p] - images[p].min()) / (images[p].max() - images[p].min()) * 255 / 255
+    tensor[0] = threshold
+    return tensor.argmax(0)
+
+
+def test_voc_preset_post_processing_equals_the_official_code_per_prompt_sa_and_two_token_read():
+    from benchmark.schema import ExtractionConfig
+    from benchmark.types import AttentionMaps, SegmentContext
+    from methods.diffsegmenter import DiffSegmenter
+    from methods.open_vocab import OpenVocabParams, OpenVocabSettings
+
+    g = torch.Generator().manual_seed(11)
+    names = class_names("voc21")
+    classes = [8, 12]  # cat, dog
+    prompts = ["a photograph of cat sitting on a sofa", "a photograph of dog on grass"]
+    queries = [PromptQuery(t, names[c], 1.21) for t, c in zip(prompts, classes)]
+    cross = {r: torch.softmax(3 * torch.randn(2, r * r, 77, generator=g), -1) for r in (64, 32, 16, 8)}
+    # two different self-attentions: the classes' own passes
+    sa = torch.softmax(4 * torch.randn(2, 4096, 4096, generator=g), -1)
+    attn = AttentionMaps({64: sa}, cross, queries, [[4], [4]])
+    out_size = (37, 50)
+    spec = preset("diffsegmenter_voc21")["method"]
+    settings = OpenVocabSettings(template=spec["template"], caption_prompt=True, candidates="file",
+                                 candidates_file="x.json")
+    method = DiffSegmenter(settings, ExtractionConfig())
+    ctx = SegmentContext("img", out_size, names, candidates=classes, caption=dict(zip(["cat", "dog"], prompts)))
+    for threshold in (0.3, 0.55):
+        params = OpenVocabParams(bg_threshold=threshold, token_rule=spec["token_rule"], ing_offset=spec["ing_offset"])
+        want = _official_voc_labels(cross, sa, prompts, out_size, threshold, classes, len(names))
+        got = DiffSegmenter.segment(method, attn, ctx, params)
+        assert float((got == want).float().mean()) > 0.999
+        # the image-averaged SA (the old preset) is measurably another computation
+        averaged = AttentionMaps({64: sa.mean(0, keepdim=True)}, cross, queries, [[4], [4]])
+        method._best_memo = type(method._best_memo)()
+        assert float((DiffSegmenter.segment(method, averaged, ctx, params) == want).float().mean()) < 0.999
+        method._best_memo = type(method._best_memo)()
+        # and one column for "cat sitting" (the old reading) is another computation too
+        one = OpenVocabParams(bg_threshold=threshold, token_rule=spec["token_rule"], ing_offset=0)
+        assert float((DiffSegmenter.segment(method, attn, ctx, one) == want).float().mean()) < 0.999
+
+
+@pytest.mark.parametrize("experiment", ["diffsegmenter_voc21", "diffsegmenter_context60", "diffsegmenter_coco_object"])
+def test_presets_refine_each_class_with_its_own_self_attention(experiment):
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+
+    v = validate(compose_config([f"experiment={experiment}", "method.candidates=all", "method.captioner=none",
+                                 "method.caption_prompt=false"]))
+    assert v.method.extract.self_attn_per_prompt is True
