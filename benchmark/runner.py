@@ -105,8 +105,8 @@ class Runner:
             ignore_index=self.dataset.ignore_index,
             params=v.metric.params,
         )
-        if getattr(v.method.settings, "candidates", None) == "clip":
-            self._clip_filter()  # loads CLIP (and the captioner) now: fail at start if absent
+        if getattr(v.method.settings, "candidates", None) == "clip" or getattr(v.method.settings, "captioner", "none") != "none":
+            self._clip_filter()  # loads CLIP and/or the captioner now: fail at start if absent
         self.request = None
         if self.method.needs_diffusion:
             request = None
@@ -136,6 +136,8 @@ class Runner:
                 mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
                 getattr(settings, "candidates_file", None), getattr(settings, "synonyms", None),
             )
+            if mode == "file" and getattr(settings, "captioner", "none") != "none":  # official: file + BLIP captions
+                ctx.caption = self._clip_filter().captions_for(sample.image, ctx.candidates, self.dataset.class_names)
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 

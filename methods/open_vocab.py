@@ -148,7 +148,8 @@ class OpenVocabSettings:
     #: caption) | caption (the whole caption)
     clip_text_match: str = "phrases"
     #: none | blip (captions for the text filter and, with caption_prompt, per-class
-    #: prompt captions)
+    #: prompt captions; with candidates=file BLIP captions the file's candidates, as the
+    #: official code does with its filter files, and replaces captions in the file)
     captioner: str = "none"
     #: BLIP captioning model: local folder or hub id in the local HF cache
     captioner_model: str = "Salesforce/blip-image-captioning-large"
@@ -169,10 +170,11 @@ class OpenVocabSettings:
         check_choice(self.captioner, CAPTIONERS, "captioner")
         # captions come from the CLIP filter's captioner or from a candidates file; any other
         # combination would silently run without them
-        if self.captioner != "none" and self.candidates != "clip":
+        if self.captioner != "none" and self.candidates not in ("clip", "file"):
             raise ValueError(
-                f"method.captioner={self.captioner} runs inside the CLIP candidate filter: set method.candidates=clip "
-                "(or give captions in a method.candidates_file with method.candidates=file)"
+                f"method.captioner={self.captioner} captions the candidates of the CLIP filter (method.candidates=clip) "
+                "or of a file (method.candidates=file, e.g. the official filter files); "
+                f"got method.candidates={self.candidates}"
             )
         if self.caption_prompt and not (self.candidates == "file" or (self.candidates == "clip" and self.captioner != "none")):
             raise ValueError(
