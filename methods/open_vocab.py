@@ -58,6 +58,12 @@ OFFICIAL_BG_SWEEP = tuple(i / 100.0 for i in range(30, 75))
 #: max_mIoU``) | last (COCO: ``if mIoU >= max_mIoU``)
 BG_SWEEP_TIES = ("first", "last")
 CAPTIONERS = ("none", "blip")
+#: how a per-prompt caption continues its prompt: text = the caption's text after the prompt
+#: (VOC, ptp_stable_best.py ``prompt + "++" + out_prompt[len(prompt):]``) | words = the
+#: caption's space-separated words after as many words as the prompt has (Context / COCO,
+#: ptp_stable_voc10.py / ptp_stable_coco.py ``out_prompt.split(" ")`` with word 2+word_len
+#: replaced by the name's last word++: "dogs running" -> "dog++ running")
+CAPTION_SPLICES = ("text", "words")
 CLIP_TEXT_MATCH = ("phrases", "caption")
 NAME_PLACEHOLDER = "{name}"
 #: a caption given per prompt name ({name: caption}) or one caption for the image
@@ -132,6 +138,10 @@ class OpenVocabSettings:
     #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty)), on the tokens of the name's LAST word
     #: only ("traffic light++", ptp_stable_coco.py / ptp_stable_voc10.py); 1.0 = off
     caption_word_weight: float = 1.21
+    #: how a per-prompt caption continues its prompt: text (VOC code) | words (Context/COCO
+    #: code: the caption's words after the prompt's word count, so "a photography of dogs
+    #: running" gives "a photography of dog running")
+    caption_splice: str = "text"
     # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
     #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
     #: local Hugging Face cache
@@ -163,6 +173,7 @@ class OpenVocabSettings:
         check_choice(self.candidates, CANDIDATE_MODES, "candidates")
         check_choice(self.bg_protocol, BG_PROTOCOLS, "bg_protocol")
         check_choice(self.bg_sweep_tie, BG_SWEEP_TIES, "bg_sweep_tie")
+        check_choice(self.caption_splice, CAPTION_SPLICES, "caption_splice")
         if self.candidates == "file" and not self.candidates_file:
             raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
         if self.template.count(NAME_PLACEHOLDER) > 1:
@@ -225,12 +236,15 @@ def caption_continuation(caption: str, prefix: str) -> str:
     return text
 
 
-def prompt_text(template: str, name: str, caption: Caption = None, class_name: Optional[str] = None) -> str:
+def prompt_text(template: str, name: str, caption: Caption = None, class_name: Optional[str] = None,
+                splice: str = "text") -> str:
     """The prompt of one class name, optionally continued by a caption.
 
     ``caption`` is one string for the image (its text after the template prefix is
-    appended) or {name: caption} with one caption per prompt name (its text after the full
-    prompt is appended; looked up by ``name``, then ``class_name``).
+    appended) or {name: caption} with one caption per prompt name, appended after the full
+    prompt (looked up by ``name``, then ``class_name``) by ``splice``: ``text`` = its text
+    after the prompt (:func:`caption_continuation`), ``words`` = its space-separated words
+    after the prompt's word count (the official Context/COCO rule, see ``CAPTION_SPLICES``).
     """
     base = fill_template(template, name)
     if caption is None:
@@ -239,7 +253,10 @@ def prompt_text(template: str, name: str, caption: Caption = None, class_name: O
         own = caption.get(name, caption.get(class_name) if class_name is not None else None)
         if own is None:
             return base
-        rest = caption_continuation(str(own), base)
+        if splice == "words":
+            rest = " ".join(w for w in str(own).split(" ")[len(base.split(" ")):] if w)
+        else:
+            rest = caption_continuation(str(own), base)
     else:
         rest = caption_continuation(str(caption), template_prefix(template))
     return f"{base} {rest}" if rest else base
@@ -315,7 +332,7 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
     for c in classes:
         class_name = str(ctx.class_names[c]).strip()
         for name in names[c]:
-            text = prompt_text(template, name, caption, class_name)
+            text = prompt_text(template, name, caption, class_name, getattr(settings, "caption_splice", "text"))
             last_word = name.split()[-1]
             queries.append(PromptQuery(
                 text=text, word=name, word_weight=weight,

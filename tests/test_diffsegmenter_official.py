@@ -341,3 +341,40 @@ def test_presets_refine_each_class_with_its_own_self_attention(experiment):
     v = validate(compose_config([f"experiment={experiment}", "method.candidates=all", "method.captioner=none",
                                  "method.caption_prompt=false"]))
     assert v.method.extract.self_attn_per_prompt is True
+
+
+BLIP_OUTPUTS = ["{p}", "{p} running on grass", "{p}s sitting on a bench", "{p} in the sky"]
+
+
+@pytest.mark.parametrize("folder", ["voc12", "voc10", "coco"])
+def test_caption_prompts_equal_the_official_prompt_without_plus_plus(folder):
+    """Official prompt from a BLIP output o conditioned on p = "{template} {name}":
+    VOC p + "++" + o[len(p):]; Context/COCO o.split(" ") with word 2+word_len := last_word++.
+    The harness writes the text without "++" and weights the last word (word_weight)."""
+    from benchmark.types import SegmentContext
+    from methods.open_vocab import OpenVocabSettings, plan_prompts
+
+    experiment, dataset = PRESETS[folder]
+    spec = preset(experiment)["method"]
+    names = class_names(dataset)
+    multi = next((i for i, n in enumerate(names) if " " in n), 8)
+    for c in (8, multi):
+        prompt_name = (spec["synonyms"].get(names[c]) or [names[c]])[0]
+        p = f"{spec['template']} {prompt_name}"
+        for out in BLIP_OUTPUTS:
+            o = out.format(p=p)
+            if folder == "voc12":
+                official = p + "++" + o[len(p):]
+            else:
+                words = o.split(" ")
+                words[2 + len(prompt_name.split(" "))] = prompt_name.split(" ")[-1] + "++"
+                official = " ".join(words)
+            settings = OpenVocabSettings(template=spec["template"], synonyms=spec["synonyms"], candidates="file",
+                                         candidates_file="x.json", caption_prompt=True,
+                                         caption_splice=spec["caption_splice"])
+            ctx = SegmentContext("img", (4, 4), names, candidates=[c], caption={prompt_name: o})
+            (q,) = plan_prompts(ctx, settings).queries
+            if folder == "voc12" and out.startswith("{p}s"):
+                continue  # "dog++s sitting": the official text glues the caption to "++" (see README)
+            assert q.text == official.replace("++", ""), (q.text, official)
+            assert q.word_weight == pytest.approx(1.21)
