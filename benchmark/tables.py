@@ -126,7 +126,7 @@ def results_frame(payload: Mapping[str, Any]) -> pd.DataFrame:
                 measured = row[name]
                 row[f"Δ{name}"] = None if measured is None else round(measured - value, 2)
         if published:
-            row["paper status"] = published.get("status")
+            row["paper status"] = published.get("status") if selected is None or i == selected else None
         row["n_images"] = payload["n_images"]
         rows.append(row)
     return pd.DataFrame(rows)
