@@ -378,3 +378,22 @@ def test_caption_prompts_equal_the_official_prompt_without_plus_plus(folder):
                 continue  # "dog++s sitting": the official text glues the caption to "++" (see README)
             assert q.text == official.replace("++", ""), (q.text, official)
             assert q.word_weight == pytest.approx(1.21)
+
+
+def test_run_protocol_of_composed_presets_names_why_numbers_are_withheld():
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+    from benchmark.tables import published_numbers, run_protocol, withheld_reasons
+
+    base = ["experiment=diffsegmenter_context60", "method.captioner=none", "method.caption_prompt=false"]
+    v = validate(compose_config(base + ["method.candidates=gt"]))
+    reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 5105, 5105))
+    assert len(reasons) == 1 and "method.candidates=gt" in reasons[0]
+    v = validate(compose_config(base + ["method.candidates=file", "method.candidates_file=x.json", "dataset.limit=4"]))
+    reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 4, 4))
+    assert len(reasons) == 1 and "dataset.limit=4" in reasons[0]
+    v = validate(compose_config(base + ["method.candidates=file", "method.candidates_file=x.json"]))
+    assert withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 5105, 5105)) == []
+    # images skipped on error are not the full split either
+    reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 5100, 5105))
+    assert len(reasons) == 1 and "5100 of 5105 images" in reasons[0]
