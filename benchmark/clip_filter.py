@@ -140,7 +140,8 @@ class ClipCandidateFilter:
         self.caption_prompt = bool(_setting(settings, "caption_prompt"))
         self.template = str(_setting(settings, "template"))
         self.synonyms = _setting(settings, "synonyms")
-        self.max_tokens = int(_setting(settings, "caption_max_tokens"))
+        max_tokens = _setting(settings, "caption_max_tokens")
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.device = _device(str(_setting(settings, "filter_device")))
         download = bool(_setting(settings, "filter_download"))
         # candidates from a file need only the captioner
@@ -228,7 +229,9 @@ class ClipCandidateFilter:
         if self.blip is None:
             raise RuntimeError("no captioner loaded (method.captioner=none)")
         inputs = self.blip_processor(images=pixels, text=prefix, return_tensors="pt").to(self.device)
-        out = self.blip.generate(**inputs, max_new_tokens=self.max_tokens)
+        # None: the checkpoint's generation defaults, as the official model.generate(**inputs)
+        limit = {} if self.max_tokens is None else {"max_new_tokens": self.max_tokens}
+        out = self.blip.generate(**inputs, **limit)
         return self.blip_processor.decode(out[0], skip_special_tokens=True).strip()
 
     # -- the filter ------------------------------------------------------------------------------

@@ -163,7 +163,9 @@ class OpenVocabSettings:
     captioner: str = "none"
     #: BLIP captioning model: local folder or hub id in the local HF cache
     captioner_model: str = "Salesforce/blip-image-captioning-large"
-    caption_max_tokens: int = 30
+    #: new tokens BLIP may generate; null = the checkpoint's generation defaults (the
+    #: official ``model.generate(**inputs)``, ptp_stable_*.py)
+    caption_max_tokens: Optional[int] = 30
     #: device of the filter models: auto | cpu | cuda | cuda:N
     filter_device: str = "auto"
     #: allow downloading filter models absent from the HF cache (never with HF_HUB_OFFLINE=1)

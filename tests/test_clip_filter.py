@@ -203,3 +203,15 @@ def test_official_file_candidates_with_blip_captions_load_only_blip(tiny_filter_
     words = [[q.word for q in qs] for qs in prompts]
     assert words == [["tree"], ["road", "water"]]
     assert all(q.word_weight == pytest.approx(1.21) for qs in prompts for q in qs)
+
+
+def test_caption_max_tokens_null_uses_the_generation_defaults(tiny_filter_models, monkeypatch):
+    seen = []
+    flt = ClipCandidateFilter(_settings(tiny_filter_models, captioner="blip", caption_max_tokens=None))
+    original = flt.blip.generate
+    monkeypatch.setattr(flt.blip, "generate", lambda **kw: seen.append(kw) or original(**kw))
+    flt.caption(torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8).numpy())
+    assert "max_new_tokens" not in seen[0]  # the official model.generate(**inputs)
+    flt.max_tokens = 3
+    flt.caption(torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8).numpy())
+    assert seen[1]["max_new_tokens"] == 3
