@@ -21,6 +21,11 @@ With ``method.caption_prompt=true`` the filter instead returns the official per-
 captions {prompt name: BLIP caption conditioned on "{template} {name}"} for the kept
 classes, which the method appends to its prompts (one BLIP generation per prompt name).
 
+With ``method.candidates=file`` (e.g. the official filter files, which hold no captions)
+and ``captioner=blip``, only BLIP is loaded and :meth:`ClipCandidateFilter.captions_for`
+captions the file's candidates, as the official ptp_stable_*.py do (BLIP conditioned on each
+prompt, candidates read from the JSON).
+
 Models load from a local folder or the local Hugging Face cache (never the network
 unless ``method.filter_download=true`` and ``HF_HUB_OFFLINE`` is unset); a missing model
 fails when the filter is built, i.e. at the start of a run.
@@ -44,6 +49,7 @@ STOP_WORDS = frozenset(
 )
 
 _DEFAULTS = dict(
+    candidates="clip",
     clip_model="openai/clip-vit-large-patch14",
     clip_text_threshold=0.8,
     clip_image_threshold=0.97,
@@ -134,13 +140,17 @@ class ClipCandidateFilter:
         self.caption_prompt = bool(_setting(settings, "caption_prompt"))
         self.template = str(_setting(settings, "template"))
         self.synonyms = _setting(settings, "synonyms")
-        self.max_tokens = int(_setting(settings, "caption_max_tokens"))
+        max_tokens = _setting(settings, "caption_max_tokens")
+        self.max_tokens = None if max_tokens is None else int(max_tokens)
         self.device = _device(str(_setting(settings, "filter_device")))
         download = bool(_setting(settings, "filter_download"))
-        clip, self.clip_processor = load_pretrained(
-            CLIPModel, CLIPProcessor, _setting(settings, "clip_model"), "CLIP model", "method.clip_model", download
-        )
-        self.clip = clip.to(self.device)
+        # candidates from a file need only the captioner
+        self.clip = self.clip_processor = None
+        if str(_setting(settings, "candidates")) == "clip":
+            clip, self.clip_processor = load_pretrained(
+                CLIPModel, CLIPProcessor, _setting(settings, "clip_model"), "CLIP model", "method.clip_model", download
+            )
+            self.clip = clip.to(self.device)
         captioner = str(_setting(settings, "captioner"))
         self.blip = self.blip_processor = None
         if captioner == "blip":
@@ -219,7 +229,9 @@ class ClipCandidateFilter:
         if self.blip is None:
             raise RuntimeError("no captioner loaded (method.captioner=none)")
         inputs = self.blip_processor(images=pixels, text=prefix, return_tensors="pt").to(self.device)
-        out = self.blip.generate(**inputs, max_new_tokens=self.max_tokens)
+        # None: the checkpoint's generation defaults, as the official model.generate(**inputs)
+        limit = {} if self.max_tokens is None else {"max_new_tokens": self.max_tokens}
+        out = self.blip.generate(**inputs, **limit)
         return self.blip_processor.decode(out[0], skip_special_tokens=True).strip()
 
     # -- the filter ------------------------------------------------------------------------------
@@ -241,12 +253,30 @@ class ClipCandidateFilter:
             keep = keep | (similarity >= self.text_threshold)
         candidates = [classes[k] for k in torch.nonzero(keep).flatten().tolist()]
         if self.blip is not None and self.caption_prompt:
-            from methods.open_vocab import class_prompt_names, fill_template
-
-            per_class = class_prompt_names(class_names, self.synonyms)
-            caption = {
-                name: self.caption(pixels, prefix=fill_template(self.template, name))
-                for c in candidates
-                for name in per_class[c]
-            }
+            caption = self.prompt_captions(pixels, candidates, class_names)
         return candidates, caption
+
+    def prompt_captions(self, pixels: np.ndarray, candidates: Sequence[int], class_names: Sequence[str]) -> Dict[str, str]:
+        """{prompt name: BLIP caption conditioned on "{template} {name}"} for the candidates'
+        prompt names (the official per-class captions, ptp_stable_*.py)."""
+        from methods.open_vocab import class_prompt_names, fill_template
+
+        per_class = class_prompt_names(class_names, self.synonyms)
+        return {
+            name: self.caption(pixels, prefix=fill_template(self.template, name))
+            for c in candidates
+            for name in per_class[c]
+        }
+
+    def captions_for(self, image: torch.Tensor, candidates: Sequence[int],
+                     class_names: Sequence[str]) -> Union[str, Dict[str, str]]:
+        """Captions of given candidates (``candidates=file`` with ``captioner=blip``): the
+        per-prompt captions with ``caption_prompt``, else the image's unconditional caption."""
+        if self.blip is None:
+            raise RuntimeError("no captioner loaded (method.captioner=none)")
+        if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(f"ClipCandidateFilter expects a uint8 (3, H, W) image, got {image.dtype} {tuple(image.shape)}")
+        pixels = image.permute(1, 2, 0).cpu().numpy()
+        if self.caption_prompt:
+            return self.prompt_captions(pixels, candidates, class_names)
+        return self.caption(pixels)

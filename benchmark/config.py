@@ -189,6 +189,11 @@ def validate_method(node: Any) -> MethodSpec:
     grid = data.get("grid", {}) or {}
     if not isinstance(grid, Mapping):
         raise ConfigError(f"'method.grid' must map keys to lists of values, got {grid!r}")
+    if hasattr(cls, "implied_grid"):  # e.g. method.bg_protocol=official_sweep adds its sweep
+        try:
+            grid = cls.implied_grid(settings, grid)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     points, keys = grid_points(params, grid, cls.Params, name)
     return MethodSpec(
         name=name,

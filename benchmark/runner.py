@@ -12,7 +12,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from benchmark.config import Validated, json_safe, params_dict, validate
 from benchmark.fileio import atomic_path, atomic_write_text
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
-from benchmark.tables import published_numbers, write_tables
+from benchmark.tables import published_numbers, run_protocol, withheld_reasons, write_tables
 from benchmark.types import AttentionMaps, Sample, SegmentContext
 
 log = logging.getLogger("benchmark")
@@ -105,8 +105,8 @@ class Runner:
             ignore_index=self.dataset.ignore_index,
             params=v.metric.params,
         )
-        if getattr(v.method.settings, "candidates", None) == "clip":
-            self._clip_filter()  # loads CLIP (and the captioner) now: fail at start if absent
+        if getattr(v.method.settings, "candidates", None) == "clip" or getattr(v.method.settings, "captioner", "none") != "none":
+            self._clip_filter()  # loads CLIP and/or the captioner now: fail at start if absent
         self.request = None
         if self.method.needs_diffusion:
             request = None
@@ -134,8 +134,10 @@ class Runner:
 
             ctx.candidates, ctx.caption = resolve_candidates(
                 mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
-                getattr(settings, "candidates_file", None),
+                getattr(settings, "candidates_file", None), getattr(settings, "synonyms", None),
             )
+            if mode == "file" and getattr(settings, "captioner", "none") != "none":  # official: file + BLIP captions
+                ctx.caption = self._clip_filter().captions_for(sample.image, ctx.candidates, self.dataset.class_names)
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 
@@ -323,10 +325,12 @@ class Runner:
             "attention_cache": self._cache_report(),
             "results": results,
             "random_weights": bool(self.method.needs_diffusion and model_name in RANDOM_WEIGHT_MODELS),
-            "published": self._published(),
+            "published": {},  # filled below when the run is comparable with them
             "oracle_keys": [k for k in v.method.grid_keys if k in getattr(v.method.cls, "oracle_keys", ())],
             "image_ids": sorted(r.image_id for r in ok),
         }
+        payload["protocol"] = run_protocol(v, v.method.cls, len(ok), len(self.dataset.ids))
+        payload["published"], payload["published_withheld"] = self._published(payload["protocol"])
         if payload["random_weights"]:
             payload["note"] = "pipeline check: random-weight model, numbers are not results"
         device = str(getattr(model, "device", None)) if model is not None else None
@@ -354,21 +358,19 @@ class Runner:
             stats["mb_per_image"] = round(stats["bytes_written"] / stats["written"] / 2**20, 2)
         return stats
 
-    def _published(self) -> Dict[str, Any]:
-        """Published numbers of the experiment, only when this run has their method, dataset and
-        (if the reference names one) metric."""
+    def _published(self, protocol: Dict[str, Any]) -> Tuple[Dict[str, Any], List[str]]:
+        """(published numbers of the experiment, []) when this run has their protocol (method,
+        dataset, metric, candidate mode, background protocol, full split); else ({}, the
+        reasons they are not shown, which the tables print)."""
         ref = self.v.reference
         if not ref:
-            return {}
-        run = {"method": self.v.method.name, "dataset": self.v.dataset.name, "metric": self.v.metric.name}
-        differs = [k for k in ("method", "dataset", "metric") if ref.get(k) is not None and ref[k] != run[k]]
-        if differs:
-            log.warning(
-                "published numbers are for %s; this run has %s: not shown side by side",
-                ", ".join(f"{k}={ref[k]}" for k in differs), ", ".join(f"{k}={run[k]}" for k in differs),
-            )
-            return {}
-        return published_numbers(ref)
+            return {}, []
+        entry = published_numbers(ref)
+        reasons = withheld_reasons(ref, entry, protocol)
+        if reasons:
+            log.warning("published numbers not shown beside this run: %s", "; ".join(reasons))
+            return {}, reasons
+        return entry, []
 
     def _write(self, payload: Dict[str, Any], recs: List[ImageRecord], points: List[Dict[str, Any]]) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -32,25 +32,101 @@ def published_numbers(reference: Optional[Mapping[str, Any]], path: Path = PAPER
     return dict(entry)
 
 
+#: run properties a published entry's ``protocol`` may require, and how to say a mismatch
+PROTOCOL_KEYS = ("candidates", "bg_protocol")
+
+
+def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dict[str, Any]:
+    """The properties of a run that decide whether published numbers are comparable:
+    method, dataset, metric, the method's own protocol (candidate mode, background
+    protocol: ``method_cls.protocol(settings)``) and whether the full split was evaluated."""
+    out: Dict[str, Any] = {"method": v.method.name, "dataset": v.dataset.name, "metric": v.metric.name}
+    protocol = getattr(method_cls, "protocol", None)
+    if protocol is not None:
+        out.update(protocol(v.method.settings))
+    subset = []
+    if getattr(v.dataset, "ids", None):
+        subset.append(f"dataset.ids ({len(v.dataset.ids)} ids)")
+    if getattr(v.dataset, "limit", None) is not None:
+        subset.append(f"dataset.limit={v.dataset.limit}")
+    if n_images != n_expected:
+        subset.append(f"{n_images} of {n_expected} images evaluated")
+    out["subset"] = "; ".join(subset) or None
+    return out
+
+
+def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run: Mapping[str, Any]) -> List[str]:
+    """Why the published ``entry`` (of ``reference = {method, dataset, metric}``) is not
+    comparable with a run (``run_protocol``); empty = comparable. Compared: method, dataset,
+    metric, the entry's ``protocol`` keys (candidate mode: ``gt`` is an oracle of another
+    setting; background protocol) and the full split (a ``dataset.ids``/``limit`` subset or
+    skipped images are not the published split)."""
+    reasons = []
+    for key in ("method", "dataset", "metric"):
+        if reference.get(key) is not None and run.get(key) is not None and reference[key] != run[key]:
+            reasons.append(f"published for {key}={reference[key]}, this run has {key}={run[key]}")
+    wanted = entry.get("protocol") or {}
+    for key in PROTOCOL_KEYS:
+        if key in wanted:
+            allowed = wanted[key] if isinstance(wanted[key], list) else [wanted[key]]
+            if run.get(key) not in allowed:
+                reasons.append(
+                    f"published with method.{key}={'|'.join(map(str, allowed))}, this run has method.{key}={run.get(key)}"
+                    + (" (image-level ground-truth labels: an oracle of another setting)" if run.get(key) == "gt" else "")
+                )
+    if run.get("subset"):
+        reasons.append(f"published on the full split, this run is a subset: {run['subset']}")
+    return reasons
+
+
+def best_index(results: Sequence[Mapping[str, Any]], metric: str, tie: str = "first") -> Optional[int]:
+    """Index of the best grid point by ``metric`` (None when no point has it). ``tie``:
+    first (the official VOC/Context ``if mIoU > max_mIoU``) or last (COCO ``>=``)."""
+    best, best_value = None, None
+    for i, entry in enumerate(results):
+        value = (entry.get("metrics") or {}).get(metric)
+        if not isinstance(value, (int, float)) or (isinstance(value, float) and math.isnan(value)):
+            continue
+        if best is None or value > best_value or (tie == "last" and value == best_value):
+            best, best_value = i, value
+    return best
+
+
+def selected_point(payload: Mapping[str, Any]) -> Optional[int]:
+    """The reported point of an ``official_sweep`` run: the best of the sweep by mIoU."""
+    protocol = payload.get("protocol") or {}
+    if protocol.get("bg_protocol") != "official_sweep" or not payload.get("results"):
+        return None
+    return best_index(payload["results"], protocol.get("select_by", "mIoU"), protocol.get("bg_sweep_tie") or "first")
+
+
 def results_frame(payload: Mapping[str, Any]) -> pd.DataFrame:
-    """One row per evaluated configuration: swept params, then scalar metrics."""
+    """One row per evaluated configuration: swept params, then scalar metrics.
+
+    An ``official_sweep`` run marks its best point "ORACLE best" (the official protocol);
+    published numbers and their Δ then sit on that row only."""
     keys = list(payload.get("grid_keys", []))
     published = payload.get("published") or {}
+    selected = selected_point(payload)
     rows = []
-    for entry in payload["results"]:
+    for i, entry in enumerate(payload["results"]):
         row: Dict[str, Any] = {
             "method": payload["method"], "dataset": payload["dataset"], "model": payload["model"],
         }
         for k in keys:
             row[k] = entry["params"].get(k)
         row.update(scalar_metrics(entry["metrics"]))
+        if selected is not None:
+            row["selected"] = "ORACLE best (official sweep)" if i == selected else ""
         for name, value in published.items():
-            if isinstance(value, (int, float)) and name in row:
+            if selected is not None and i != selected:
+                continue
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name in row:
                 row[f"{name} (paper)"] = value
                 measured = row[name]
                 row[f"Δ{name}"] = None if measured is None else round(measured - value, 2)
         if published:
-            row["paper status"] = published.get("status")
+            row["paper status"] = published.get("status") if selected is None or i == selected else None
         row["n_images"] = payload["n_images"]
         rows.append(row)
     return pd.DataFrame(rows)
@@ -108,6 +184,16 @@ def notes_for(payload: Mapping[str, Any]) -> List[str]:
         notes.append(
             "Published numbers from results/paper_numbers.yaml (status "
             f"'{payload['published'].get('status')}': 'cited' = as quoted by later papers)."
+        )
+    if payload.get("published_withheld"):
+        notes.append(
+            "Published numbers not shown: this run is not comparable with them: "
+            + "; ".join(payload["published_withheld"]) + "."
+        )
+    if selected_point(payload) is not None:
+        notes.append(
+            "Official background protocol: bg_threshold swept 0.30..0.74 on the evaluated split, the best point "
+            "(by mIoU) reported, as the published numbers: an ORACLE, not a fair result."
         )
     if payload.get("oracle_keys"):
         notes.append(

@@ -84,11 +84,14 @@ class PromptQuery:
     word_weight: emphasis of ``word``'s token embeddings, Compel's convention
         z' = z_empty + w * (z - z_empty) at the word's positions (``word++`` = 1.1**2 = 1.21);
         1.0 = the plain text embedding.
+    weight_word: the trailing part of ``word`` whose tokens carry ``word_weight`` (None: all
+        of ``word``); Compel's "traffic light++" weights "light" only.
     """
 
     text: str = ""
     word: Optional[str] = None
     word_weight: float = 1.0
+    weight_word: Optional[str] = None
 
 
 @dataclass

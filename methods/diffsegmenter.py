@@ -14,15 +14,20 @@ pass, sharing the VAE latent sample and the noise):
 4. bilinear upsampling to the label size, min–max per class, argmax against the constant
    background score ``bg_threshold``.
 
-Self-attention: by default the capture averages the self-attention of the image's prompts
-(``extract.self_attn_per_prompt=false``: one 4096×4096 map per image instead of one per
-class; the official code runs one pass per class and uses that pass's own map). Set
-``method.extract.self_attn_per_prompt=true`` for the official per-class maps.
+Self-attention: the method default averages the self-attention of the image's prompts
+(``extract.self_attn_per_prompt=false``: one 4096×4096 map per image); the
+``experiment=diffsegmenter_*`` presets set ``true``: each class refined with the SA of its
+own prompt, as the official code (one pass per class, ``self_attention_maps[3]`` of that pass).
 
-Caption prompts carry the official ``{name}++`` emphasis of the class tokens
+Caption prompts (``caption_prompt``) carry the official ``{name}++`` emphasis on every prompt,
+whether or not the caption adds words, on the tokens of the name's last word only
 (``caption_word_weight`` = 1.21, Compel's z' = z_empty + w (z - z_empty), applied by the
-model when it encodes the prompt). Not reproduced: the official two-token read when the
-caption's next word ends in "ing".
+model when it encodes the prompt; ptp_stable_best.py ``prompt + "++" + ...``,
+ptp_stable_voc10.py / ptp_stable_coco.py ``out_prompt[2+word_len] = f"{last_word}++"``).
+Two-token read (``ing_offset``): when the word after the class name ends in "ing", the mean
+of the class column and the column ``ing_offset`` tokens later (VOC / Context 1, COCO 2).
+Background protocols (``bg_protocol``): ``official_sweep`` (the official evaluation's
+0.30..0.74 sweep, best point reported, an oracle) or ``fixed``.
 """
 from __future__ import annotations
 

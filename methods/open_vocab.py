@@ -46,7 +46,24 @@ from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_reso
 from .base import Method, check_choice
 
 TOKEN_RULES = ("first", "last", "mean")
+#: background-score protocols: official_sweep = the official evaluation's sweep of the
+#: constant background score on the evaluated split, best point reported (an ORACLE, as the
+#: published numbers); fixed = one given score (method.bg_threshold)
+BG_PROTOCOLS = ("official_sweep", "fixed")
+#: the official sweep: ``for i in range(args.start, args.end): t = i/100.0`` with start=30,
+#: end=75 (open_vocabulary/voc12/evaluation_voc12.py, voc10/evaluation_voc10.py,
+#: coco/evaluation_coco.py ``class Args`` and ``test()``): 0.30, 0.31, ..., 0.74
+OFFICIAL_BG_SWEEP = tuple(i / 100.0 for i in range(30, 75))
+#: which best point of the sweep is kept when several tie: first (VOC, Context: ``if mIoU >
+#: max_mIoU``) | last (COCO: ``if mIoU >= max_mIoU``)
+BG_SWEEP_TIES = ("first", "last")
 CAPTIONERS = ("none", "blip")
+#: how a per-prompt caption continues its prompt: text = the caption's text after the prompt
+#: (VOC, ptp_stable_best.py ``prompt + "++" + out_prompt[len(prompt):]``) | words = the
+#: caption's space-separated words after as many words as the prompt has (Context / COCO,
+#: ptp_stable_voc10.py / ptp_stable_coco.py ``out_prompt.split(" ")`` with word 2+word_len
+#: replaced by the name's last word++: "dogs running" -> "dog++ running")
+CAPTION_SPLICES = ("text", "words")
 CLIP_TEXT_MATCH = ("phrases", "caption")
 NAME_PLACEHOLDER = "{name}"
 #: a caption given per prompt name ({name: caption}) or one caption for the image
@@ -70,9 +87,17 @@ class OpenVocabParams:
     #: cross-attention fusion weights, largest side first (entry i: side n / 2**i);
     #: normalised over the captured sides. DiffSegmenter: 0.1·CA64 + 0.1·CA32 + 0.5·CA16 + 0.3·CA8
     cross_weights: List[float] = field(default_factory=lambda: [0.1, 0.1, 0.5, 0.3])
+    #: two-token read: when the word after the class name in the prompt ends in "ing", also
+    #: read the column this many tokens after the (last) column ``token_rule`` reads and take
+    #: the mean of the two; 0 = off. Official: VOC 1 (class token + next,
+    #: ptp_stable_best.py ``[:,:,[4,5]]``), Context 1 (ptp_stable_voc10.py
+    #: ``[3+embs_len, 4+embs_len]``), COCO 2 (ptp_stable_coco.py ``[3+embs_len, 5+embs_len]``)
+    ing_offset: int = 0
 
     def __post_init__(self) -> None:
         check_token_rule(self.token_rule)
+        if isinstance(self.ing_offset, bool) or not isinstance(self.ing_offset, int) or self.ing_offset < 0:
+            raise ValueError(f"method.ing_offset={self.ing_offset!r}: expected an integer >= 0 (0 = off)")
         if not self.cross_weights or any(float(w) < 0 for w in self.cross_weights) or sum(self.cross_weights) <= 0:
             raise ValueError(
                 f"method.cross_weights={list(self.cross_weights)}: expected non-negative weights, largest side first, "
@@ -90,6 +115,13 @@ class OpenVocabSettings:
     #: JSON {image_id: [classes]} or {image_id: {"classes": [...], "caption": ...}}; a
     #: caption may be one string or {prompt name: caption} (the official per-class captions)
     candidates_file: Optional[str] = None
+    #: background-score protocol: official_sweep (the official evaluation's in-run grid
+    #: bg_threshold = 0.30..0.74 step 0.01, best point reported, an ORACLE like the published
+    #: numbers) | fixed (method.bg_threshold; a grid you give is still labelled ORACLE)
+    bg_protocol: str = "fixed"
+    #: official_sweep: the best point kept on a tie: first (official VOC/Context ">") | last
+    #: (official COCO ">=")
+    bg_sweep_tie: str = "first"
     #: prompt prefix written before the class name ("a photograph of" -> "a photograph of
     #: cat"), or a string with a {name} placeholder. Official: "a photograph of" (VOC),
     #: "a photography of" (Context, COCO)
@@ -101,9 +133,15 @@ class OpenVocabSettings:
     #: continue each prompt with the image caption (needs captions from candidates=file or
     #: captioner=blip)
     caption_prompt: bool = False
-    #: emphasis of the class name in caption prompts: the official "{name}++" (Compel:
-    #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty) at the name's tokens); 1.0 = off
+    #: emphasis of the class name in every prompt when caption_prompt=true, whether or not
+    #: the caption adds words (the official prompt always carries "{name}++": Compel
+    #: 1.1**2 = 1.21, z' = z_empty + w (z - z_empty)), on the tokens of the name's LAST word
+    #: only ("traffic light++", ptp_stable_coco.py / ptp_stable_voc10.py); 1.0 = off
     caption_word_weight: float = 1.21
+    #: how a per-prompt caption continues its prompt: text (VOC code) | words (Context/COCO
+    #: code: the caption's words after the prompt's word count, so "a photography of dogs
+    #: running" gives "a photography of dog running")
+    caption_splice: str = "text"
     # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
     #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
     #: local Hugging Face cache
@@ -120,11 +158,14 @@ class OpenVocabSettings:
     #: caption) | caption (the whole caption)
     clip_text_match: str = "phrases"
     #: none | blip (captions for the text filter and, with caption_prompt, per-class
-    #: prompt captions)
+    #: prompt captions; with candidates=file BLIP captions the file's candidates, as the
+    #: official code does with its filter files, and replaces captions in the file)
     captioner: str = "none"
     #: BLIP captioning model: local folder or hub id in the local HF cache
     captioner_model: str = "Salesforce/blip-image-captioning-large"
-    caption_max_tokens: int = 30
+    #: new tokens BLIP may generate; null = the checkpoint's generation defaults (the
+    #: official ``model.generate(**inputs)``, ptp_stable_*.py)
+    caption_max_tokens: Optional[int] = 30
     #: device of the filter models: auto | cpu | cuda | cuda:N
     filter_device: str = "auto"
     #: allow downloading filter models absent from the HF cache (never with HF_HUB_OFFLINE=1)
@@ -132,6 +173,9 @@ class OpenVocabSettings:
 
     def __post_init__(self) -> None:
         check_choice(self.candidates, CANDIDATE_MODES, "candidates")
+        check_choice(self.bg_protocol, BG_PROTOCOLS, "bg_protocol")
+        check_choice(self.bg_sweep_tie, BG_SWEEP_TIES, "bg_sweep_tie")
+        check_choice(self.caption_splice, CAPTION_SPLICES, "caption_splice")
         if self.candidates == "file" and not self.candidates_file:
             raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
         if self.template.count(NAME_PLACEHOLDER) > 1:
@@ -139,10 +183,11 @@ class OpenVocabSettings:
         check_choice(self.captioner, CAPTIONERS, "captioner")
         # captions come from the CLIP filter's captioner or from a candidates file; any other
         # combination would silently run without them
-        if self.captioner != "none" and self.candidates != "clip":
+        if self.captioner != "none" and self.candidates not in ("clip", "file"):
             raise ValueError(
-                f"method.captioner={self.captioner} runs inside the CLIP candidate filter: set method.candidates=clip "
-                "(or give captions in a method.candidates_file with method.candidates=file)"
+                f"method.captioner={self.captioner} captions the candidates of the CLIP filter (method.candidates=clip) "
+                "or of a file (method.candidates=file, e.g. the official filter files); "
+                f"got method.candidates={self.candidates}"
             )
         if self.caption_prompt and not (self.candidates == "file" or (self.candidates == "clip" and self.captioner != "none")):
             raise ValueError(
@@ -193,12 +238,15 @@ def caption_continuation(caption: str, prefix: str) -> str:
     return text
 
 
-def prompt_text(template: str, name: str, caption: Caption = None, class_name: Optional[str] = None) -> str:
+def prompt_text(template: str, name: str, caption: Caption = None, class_name: Optional[str] = None,
+                splice: str = "text") -> str:
     """The prompt of one class name, optionally continued by a caption.
 
     ``caption`` is one string for the image (its text after the template prefix is
-    appended) or {name: caption} with one caption per prompt name (its text after the full
-    prompt is appended; looked up by ``name``, then ``class_name``).
+    appended) or {name: caption} with one caption per prompt name, appended after the full
+    prompt (looked up by ``name``, then ``class_name``) by ``splice``: ``text`` = its text
+    after the prompt (:func:`caption_continuation`), ``words`` = its space-separated words
+    after the prompt's word count (the official Context/COCO rule, see ``CAPTION_SPLICES``).
     """
     base = fill_template(template, name)
     if caption is None:
@@ -207,7 +255,10 @@ def prompt_text(template: str, name: str, caption: Caption = None, class_name: O
         own = caption.get(name, caption.get(class_name) if class_name is not None else None)
         if own is None:
             return base
-        rest = caption_continuation(str(own), base)
+        if splice == "words":
+            rest = " ".join(w for w in str(own).split(" ")[len(base.split(" ")):] if w)
+        else:
+            rest = caption_continuation(str(own), base)
     else:
         rest = caption_continuation(str(caption), template_prefix(template))
     return f"{base} {rest}" if rest else base
@@ -276,14 +327,19 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
     template = getattr(settings, "template", "")
     queries: List[PromptQuery] = []
     prompt_class: List[int] = []
+    # the official caption prompts carry "{name}++" whether or not the caption adds words
+    # (ptp_stable_best.py: prompt + "++" + out_prompt[len(prompt):]; ptp_stable_voc10.py /
+    # ptp_stable_coco.py: out_prompt[2+word_len] = f"{last_word}++"): on the last word only
+    weight = float(getattr(settings, "caption_word_weight", 1.0)) if getattr(settings, "caption_prompt", False) else 1.0
     for c in classes:
         class_name = str(ctx.class_names[c]).strip()
         for name in names[c]:
-            text = prompt_text(template, name, caption, class_name)
-            # the "{name}++" emphasis belongs to caption-extended prompts only
-            extended = text != prompt_text(template, name)
-            weight = float(getattr(settings, "caption_word_weight", 1.0)) if extended else 1.0
-            queries.append(PromptQuery(text=text, word=name, word_weight=weight))
+            text = prompt_text(template, name, caption, class_name, getattr(settings, "caption_splice", "text"))
+            last_word = name.split()[-1]
+            queries.append(PromptQuery(
+                text=text, word=name, word_weight=weight,
+                weight_word=last_word if weight != 1.0 and last_word != name else None,
+            ))
             prompt_class.append(c)
     if not queries:  # no candidate: nothing to score, but the pass needs one prompt
         queries.append(PromptQuery(text=template_prefix(template)))
@@ -293,27 +349,62 @@ def plan_prompts(ctx: SegmentContext, settings: Any) -> PromptPlan:
 # --------------------------------------------------------------------------------------
 # cross-attention
 # --------------------------------------------------------------------------------------
-def word_columns(positions: Sequence[int], rule: str, where: str = "") -> List[int]:
-    """The token columns a rule reads from a word's sub-token positions."""
+def word_columns(positions: Sequence[int], rule: str, where: str = "", extra_offset: int = 0) -> List[int]:
+    """The token columns a rule reads from a word's sub-token positions; ``extra_offset`` > 0
+    adds the column that many tokens after the last column read (the official two-token read)."""
     check_token_rule(rule)
     positions = [int(p) for p in positions]
     if not positions:
         raise ValueError(f"no token positions for {where or 'a prompt word'}: the word was not found in its prompt")
     if rule == "first":
-        return positions[:1]
-    if rule == "last":
-        return positions[-1:]
-    return positions
+        cols = positions[:1]
+    elif rule == "last":
+        cols = positions[-1:]
+    else:
+        cols = positions
+    if extra_offset:
+        cols = cols + [cols[-1] + int(extra_offset)]
+    return cols
+
+
+def word_after(text: str, word: str) -> Optional[str]:
+    """The space-separated word that follows ``word`` (its first occurrence as whole words)
+    in ``text``, or None. The official rule splits the prompt on single spaces and looks at
+    the word after the class name (ptp_stable_best.py ``prompt[0].split(" ")[4]``;
+    ptp_stable_voc10.py / ptp_stable_coco.py ``prompt[0].split(" ")[3+word_len]``)."""
+    words, name = text.split(" "), word.split(" ")
+    n = len(name)
+    for i in range(len(words) - n + 1):
+        if [w.lower() for w in words[i:i + n]] == [w.lower() for w in name]:
+            return words[i + n] if i + n < len(words) else None
+    return None
+
+
+def reads_two_tokens(query: PromptQuery) -> bool:
+    """Whether the official two-token read applies: the word after the class name ends in "ing"."""
+    following = word_after(query.text, query.word) if query.word else None
+    return bool(following) and following.endswith("ing")
 
 
 def token_weights(
-    token_positions: Sequence[Sequence[int]], rule: str, n_tokens: int, queries: Sequence[PromptQuery] = ()
+    token_positions: Sequence[Sequence[int]], rule: str, n_tokens: int, queries: Sequence[PromptQuery] = (),
+    ing_offset: int = 0,
 ) -> torch.Tensor:
-    """(P, T) float32 weights: 1/k on the k columns each prompt's rule reads, 0 elsewhere."""
+    """(P, T) float32 weights: 1/k on the k columns each prompt's rule reads, 0 elsewhere.
+
+    ``ing_offset`` > 0: prompts whose class name is followed by a word ending in "ing"
+    (:func:`reads_two_tokens`, needs ``queries``) also read the column ``ing_offset`` tokens
+    after the rule's (last) column, each of the two columns weighted 1/2 (the official
+    ``[:,:,[i, i+offset]].mean(2)``).
+    """
+    if ing_offset and len(queries) != len(token_positions):
+        raise ValueError(f"method.ing_offset={ing_offset} needs the prompts' texts ({len(queries)} queries "
+                         f"for {len(token_positions)} prompts)")
     weights = torch.zeros(len(token_positions), n_tokens)
     for p, positions in enumerate(token_positions):
         where = f"prompt {p}" + (f" ({queries[p].text!r}, word {queries[p].word!r})" if p < len(queries) else "")
-        cols = word_columns(positions, rule, where)
+        extra = int(ing_offset) if ing_offset and reads_two_tokens(queries[p]) else 0
+        cols = word_columns(positions, rule, where, extra)
         if max(cols) >= n_tokens or min(cols) < 0:
             raise ValueError(f"token positions {cols} of {where} outside the {n_tokens} captured text positions")
         weights[p, cols] = 1.0 / len(cols)
@@ -321,13 +412,14 @@ def token_weights(
 
 
 def word_attention(cross: torch.Tensor, token_positions: Sequence[Sequence[int]], rule: str,
-                   queries: Sequence[PromptQuery] = ()) -> torch.Tensor:
-    """(P, q, T) cross-attention -> (P, q): each prompt's word columns reduced by ``rule``."""
+                   queries: Sequence[PromptQuery] = (), ing_offset: int = 0) -> torch.Tensor:
+    """(P, q, T) cross-attention -> (P, q): each prompt's word columns reduced by ``rule``
+    (and the two-token read of :func:`token_weights` when ``ing_offset`` > 0)."""
     if cross.dim() != 3 or cross.shape[0] != len(token_positions):
         raise ValueError(
             f"cross-attention of shape {tuple(cross.shape)} does not fit {len(token_positions)} prompts: expected (P, r*r, T)"
         )
-    weights = token_weights(token_positions, rule, cross.shape[-1], queries).to(cross.device)
+    weights = token_weights(token_positions, rule, cross.shape[-1], queries, ing_offset).to(cross.device)
     return torch.einsum("pqt,pt->pq", cross.float(), weights)
 
 
@@ -337,6 +429,7 @@ def fuse_cross_attention(
     rule: str,
     weights: Sequence[float],
     queries: Sequence[PromptQuery] = (),
+    ing_offset: int = 0,
 ) -> torch.Tensor:
     """DiffSegmenter's fused cross-attention (P, n, n) at the largest captured side n.
 
@@ -354,7 +447,7 @@ def fuse_cross_attention(
         cross = cross_attn[side]
         if cross.dim() != 3 or cross.shape[1] != side * side:
             raise ValueError(f"cross_attn[{side}] has shape {tuple(cross.shape)}; expected (P, {side * side}, T)")
-        maps = word_attention(cross, token_positions, rule, queries).view(-1, side, side)
+        maps = word_attention(cross, token_positions, rule, queries, ing_offset).view(-1, side, side)
         term = weight * minmax(resize_maps(maps, (n, n), "bilinear"))
         fused = term if fused is None else fused + term
     return fused
@@ -479,6 +572,30 @@ class OpenVocabularyMethod(Method):
         # grid points of one image that differ only in bg_threshold share the best class per pixel
         self._best_memo = OneEntryMemo()
 
+    # -- protocol -------------------------------------------------------------------------------
+    @classmethod
+    def implied_grid(cls, settings: Mapping[str, Any], grid: Mapping[str, Any]) -> Dict[str, Any]:
+        """The in-run grid with what ``settings`` imply: ``bg_protocol=official_sweep`` adds the
+        official sweep as the ``bg_threshold`` axis. ValueError when the user's grid also
+        sweeps it (the protocol fixes the range)."""
+        if settings.get("bg_protocol", "fixed") != "official_sweep":
+            return dict(grid)
+        if "bg_threshold" in grid:
+            raise ValueError(
+                "method.bg_protocol=official_sweep sweeps bg_threshold over the official 0.30..0.74 itself; "
+                f"remove method.grid.bg_threshold={list(grid['bg_threshold'])!r} or set method.bg_protocol=fixed"
+            )
+        return {**grid, "bg_threshold": list(OFFICIAL_BG_SWEEP)}
+
+    @classmethod
+    def protocol(cls, settings: Any) -> Dict[str, Any]:
+        """What makes a run comparable with published numbers (tables compare it)."""
+        return {
+            "candidates": getattr(settings, "candidates", None),
+            "bg_protocol": getattr(settings, "bg_protocol", None),
+            "bg_sweep_tie": getattr(settings, "bg_sweep_tie", None),
+        }
+
     # -- contract ---------------------------------------------------------------------------
     def attention_request(self, params: Any) -> AttentionRequest:
         sides = standard_self_resolutions(self.image_size)
@@ -525,7 +642,8 @@ class OpenVocabularyMethod(Method):
         )
 
     def fused_cross_attention(self, attn: AttentionMaps, params: Any) -> torch.Tensor:
-        return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights, attn.queries)
+        return fuse_cross_attention(attn.cross_attn, attn.token_positions, params.token_rule, params.cross_weights,
+                                    attn.queries, getattr(params, "ing_offset", 0))
 
     def self_attention_at(self, attn: AttentionMaps, side: int) -> torch.Tensor:
         if side not in attn.self_attn:

@@ -168,3 +168,50 @@ def test_runner_uses_filter_candidates_and_captions(tiny_filter_models, tmp_path
     texts = [q.text for qs in prompts for q in qs]
     assert len(texts) == 2 * 6 and all(t.startswith("a photograph of ") for t in texts)
     assert any(len(t.split()) > 4 for t in texts)  # a continuation was appended
+
+
+def test_official_file_candidates_with_blip_captions_load_only_blip(tiny_filter_models, tmp_path, monkeypatch):
+    """The official pipeline: candidates from the filter file, per-prompt BLIP captions."""
+    import json
+
+    from benchmark.compose import run_with_overrides
+    from methods.open_vocab import OpenVocabularyMethod
+
+    prompts = []
+    original = OpenVocabularyMethod.queries
+    monkeypatch.setattr(OpenVocabularyMethod, "queries", lambda self, ctx: prompts.append(original(self, ctx)) or prompts[-1])
+    models = tiny_filter_models
+    settings = _settings(models, candidates="file", candidates_file="x.json", captioner="blip", caption_prompt=True,
+                         clip_model="/no/such/clip")
+    flt = ClipCandidateFilter(settings)  # CLIP is not needed with candidates from a file
+    assert flt.clip is None and flt.blip is not None
+    image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
+    names = ["background", "cat", "dog"]
+    captions = flt.captions_for(image, [2], names)
+    assert set(captions) == {"dog"} and isinstance(captions["dog"], str)
+    path = tmp_path / "cands.json"
+    base = TINY + [f"method.clip_model=/no/such/clip", f"method.captioner_model={models / 'blip'}"]
+    # the official layout (union of the two criteria), keys are file names of the ids
+    path.write_text(json.dumps({"image_similarity": {"synthetic_000000.jpg": ["tree"], "synthetic_000001.jpg": ["road"]},
+                                "text_similarity": {"synthetic_000000.jpg": [], "synthetic_000001.jpg": ["water"]}}))
+    out = run_with_overrides(
+        base + ["method.candidates=file", f"method.candidates_file={path}", "method.captioner=blip",
+                "method.caption_prompt=true"],
+        tmp_path / "run",
+    )
+    assert out.payload["n_images"] == 2
+    words = [[q.word for q in qs] for qs in prompts]
+    assert words == [["tree"], ["road", "water"]]
+    assert all(q.word_weight == pytest.approx(1.21) for qs in prompts for q in qs)
+
+
+def test_caption_max_tokens_null_uses_the_generation_defaults(tiny_filter_models, monkeypatch):
+    seen = []
+    flt = ClipCandidateFilter(_settings(tiny_filter_models, captioner="blip", caption_max_tokens=None))
+    original = flt.blip.generate
+    monkeypatch.setattr(flt.blip, "generate", lambda **kw: seen.append(kw) or original(**kw))
+    flt.caption(torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8).numpy())
+    assert "max_new_tokens" not in seen[0]  # the official model.generate(**inputs)
+    flt.max_tokens = 3
+    flt.caption(torch.randint(0, 256, (20, 24, 3), dtype=torch.uint8).numpy())
+    assert seen[1]["max_new_tokens"] == 3

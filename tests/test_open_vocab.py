@@ -204,13 +204,14 @@ def test_candidates_file_keyed_by_image_paths_matches_stems(tmp_path):
         resolve_candidates("file", "img8", label, VOC_LIKE, 255, str(path))
 
 
-def test_caption_weight_only_on_extended_prompts_and_caption_settings_checked():
+def test_caption_weight_on_every_caption_prompt_and_caption_settings_checked():
     ctx = SegmentContext("img1", (2, 3), VOC_LIKE, candidates=[1, 2], caption={"cat": "a photograph of cat on a mat"})
     settings = OpenVocabSettings(template="a photograph of", candidates="file", candidates_file="x.json",
                                  caption_prompt=True)
     plan = plan_prompts(ctx, settings)
     weights = {q.word: q.word_weight for q in plan.queries}
-    assert weights == {"cat": 1.21, "dog": 1.0}  # "dog" got no caption: no emphasis
+    # "dog" got no caption: the official prompt is still "a photograph of dog++"
+    assert weights == {"cat": 1.21, "dog": 1.21}
     with pytest.raises(ValueError, match="candidates=clip"):
         OpenVocabSettings(captioner="blip", candidates="all")
     with pytest.raises(ValueError, match="caption_prompt=true needs captions"):

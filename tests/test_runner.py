@@ -202,7 +202,7 @@ def test_default_cli_run_says_pipeline_check(tmp_path):
     assert (tmp_path / "metrics.json").exists()
 
 
-def test_experiment_prints_published_numbers_beside_measured(tmp_path):
+def test_experiment_withholds_published_numbers_from_non_comparable_runs(tmp_path):
     import dataset_layouts as layouts
 
     expected = layouts.write_cocostuff(tmp_path / "data", config="cocostuff27")
@@ -212,13 +212,13 @@ def test_experiment_prints_published_numbers_beside_measured(tmp_path):
          "dataset.num_workers=0", "method.extract.image_size=128", "run.progress=false"],
         tmp_path / "run",
     )
-    assert out.payload["published"]["mIoU"] == 43.6 and out.payload["published"]["status"] == "cited"
+    # a dataset.ids subset is not the published split: no paper numbers, and the table says why
+    assert out.payload["published"] == {}
+    assert any("subset" in r and "dataset.ids (3 ids)" in r for r in out.payload["published_withheld"])
     frame = pd.read_csv(tmp_path / "run" / "table.csv")
-    measured = out.payload["results"][0]["metrics"]["mIoU"]
-    assert frame.loc[0, "mIoU (paper)"] == 43.6
-    assert frame.loc[0, "ΔmIoU"] == pytest.approx(round(measured - 43.6, 2))
+    assert "mIoU (paper)" not in frame.columns and "ΔmIoU" not in frame.columns
     table = (tmp_path / "run" / "table.md").read_text()
-    assert "PIPELINE CHECK" in table and "cited" in table
+    assert "PIPELINE CHECK" in table and "Published numbers not shown" in table and "dataset.ids (3 ids)" in table
     # the same experiment on another dataset does not show cocostuff27's numbers
     other = run_with_overrides(
         ["experiment=diffseg_cocostuff27", "model=tiny", "dataset=synthetic", "dataset.n_images=1",

@@ -137,7 +137,12 @@ class DiffusionModel:
             for i, q in weighted:
                 if not q.word:
                     raise ValueError(f"prompt {q.text!r}: word_weight={q.word_weight} needs the word to weight")
-                pos = torch.tensor(self.token_positions(q.text, q.word), device=hidden.device)
+                pos = self.token_positions(q.text, q.word)
+                if getattr(q, "weight_word", None):  # only the trailing word(s) of q.word: "traffic light++"
+                    if not q.word.endswith(q.weight_word):
+                        raise ValueError(f"prompt {q.text!r}: weight_word {q.weight_word!r} is not the end of word {q.word!r}")
+                    pos = pos[-len(self.tokenizer(q.weight_word, add_special_tokens=False).input_ids):]
+                pos = torch.tensor(pos, device=hidden.device)
                 hidden[i, pos] = empty[pos] + float(q.word_weight) * (hidden[i, pos] - empty[pos])
         return hidden
 
