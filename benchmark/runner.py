@@ -136,6 +136,8 @@ class Runner:
                 mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
                 getattr(settings, "candidates_file", None),
             )
+        if getattr(self.method, "uses_class_synonyms", False):
+            ctx.class_synonyms = self.dataset.class_synonyms
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 

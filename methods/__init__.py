@@ -18,6 +18,7 @@ from .base import Method
 BUILTIN_METHODS: Dict[str, str] = {
     "predictions": "methods.predictions:Predictions",
     "diffseg": "methods.diffseg:DiffSeg",
+    "diffseg_semantic": "methods.diffseg_semantic:DiffSegSemantic",
     "kmeans": "methods.kmeans:KMeansBaseline",
     "diffsegmenter": "methods.diffsegmenter:DiffSegmenter",
     "ca": "methods.attention_baselines:CrossAttention",
