@@ -8,10 +8,12 @@ are found through the ``diffattn_seg.methods`` entry-point group
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
+import sys
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Set, TypeVar
+from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Set, Tuple, TypeVar
 
 log = logging.getLogger("benchmark.plugins")
 
@@ -95,10 +97,22 @@ def _dist_label(entry: Any) -> str:
     return f"{dist.metadata['Name']} {dist.version}"
 
 
+@functools.lru_cache(maxsize=4)
+def _entry_points(path: Tuple[str, ...]) -> Tuple[Any, ...]:
+    # keyed on sys.path: every config composition asks, and a scan of the installed
+    # distributions takes tens of ms; forget_entry_points() clears it after an install
+    return tuple(sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name))
+
+
+def forget_entry_points() -> None:
+    """Scan the installed distributions again at the next discovery (after pip install)."""
+    _entry_points.cache_clear()
+
+
 def discover_method_plugins(builtin: Mapping[str, str]) -> Dict[str, MethodPlugin]:
     """The usable entry points of :data:`ENTRY_POINT_GROUP`, by method name (sorted)."""
     found: Dict[str, MethodPlugin] = {}
-    for entry in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    for entry in _entry_points(tuple(sys.path)):
         where = f"entry point {entry.name!r} = {entry.value!r} of {_dist_label(entry)} (group {ENTRY_POINT_GROUP!r})"
         if entry.name in builtin:
             warn_once(f"{where} ignored: {entry.name!r} is a built-in method")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Type
 
-from benchmark.registry import MethodPlugin, UnknownNameError, did_you_mean, discover_method_plugins
+from benchmark.registry import MethodPlugin, UnknownNameError, did_you_mean, discover_method_plugins, forget_entry_points
 
 from .base import Method
 
@@ -34,8 +34,15 @@ METHODS: Dict[str, str] = {}
 
 
 def reload_plugins() -> Dict[str, str]:
-    """Read the ``diffattn_seg.methods`` entry points again (after installing a package,
-    or changing ``sys.path``) and rebuild :data:`METHODS` and :data:`PLUGINS` in place."""
+    """Read the ``diffattn_seg.methods`` entry points again (after installing a package)
+    and rebuild :data:`METHODS` and :data:`PLUGINS` in place."""
+    forget_entry_points()
+    return sync_plugins()
+
+
+def sync_plugins() -> Dict[str, str]:
+    """Rebuild :data:`METHODS` and :data:`PLUGINS` in place from the entry points of the
+    current ``sys.path`` (scanned once per ``sys.path``)."""
     PLUGINS.clear()
     PLUGINS.update(discover_method_plugins(BUILTIN_METHODS))
     METHODS.clear()
@@ -64,4 +71,4 @@ def get_method(name: str) -> Type[Method]:
 
 reload_plugins()
 
-__all__ = ["BUILTIN_METHODS", "METHODS", "Method", "PLUGINS", "get_method", "reload_plugins"]
+__all__ = ["BUILTIN_METHODS", "METHODS", "Method", "PLUGINS", "get_method", "reload_plugins", "sync_plugins"]

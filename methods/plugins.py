@@ -11,13 +11,14 @@ A package declares, in its ``pyproject.toml``::
 ``Settings`` dataclasses, and grids and sweeps apply. Its config group entry
 (``method=my_method``) is built from those dataclasses' defaults plus the default
 extraction keys (``method.extract.*``); a class attribute ``default_config`` (a mapping)
-overrides any of them (e.g. ``{"extract": {"image_size": 768}}``). A plugin may also ship
-``conf/method/<name>.yaml`` in a user config dir instead.
+overrides any of them (e.g. ``{"extract": {"image_size": 768}}``).
 
-The entry points are read once per process, when :data:`methods.METHODS` is first built.
-A plugin whose name clashes with a built-in, whose entry point is not ``module:Class``, or
-whose class cannot be imported is left out with a warning naming the distribution and the
-reason (logger ``benchmark.plugins``): one broken package never breaks the harness.
+The entry points are read when :mod:`methods` is imported and again when ``sys.path``
+changes (``methods.reload_plugins()`` forces a new scan, e.g. after ``pip install``).
+A plugin whose name clashes with a built-in or whose entry point is not ``module:Class``
+is left out, and one whose class cannot be imported (or is not a ``Method``) fails at
+start when chosen; each is reported once with its distribution and the reason (logger
+``benchmark.plugins``): one broken package never breaks the harness.
 """
 from __future__ import annotations
 
@@ -67,9 +68,9 @@ def register_configs() -> List[str]:
     choosing it fails at validation with the reason."""
     from hydra.core.config_store import ConfigStore
 
-    from methods import PLUGINS, get_method, reload_plugins
+    from methods import PLUGINS, get_method, sync_plugins
 
-    reload_plugins()
+    sync_plugins()  # METHODS in step with the entry points of the current sys.path
 
     store = ConfigStore.instance()
     stored = []
