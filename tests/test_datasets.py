@@ -213,7 +213,8 @@ def test_ade20k_and_diffcut_mappings_hand_checked_values():
 
 
 @pytest.mark.parametrize("name,bad", [("voc21", 21), ("context60", 60), ("cocostuff27", 200), ("cocostuff171", 171),
-                                      ("coco_object", 81), ("cityscapes19", 34)])
+                                      ("coco_object", 81), ("cityscapes19", 34), ("ade20k", 151),
+                                      ("ade20k_diffcut", 151), ("voc20_diffcut", 21), ("context59_diffcut", 60)])
 def test_undefined_label_values_are_errors(name, bad):
     with pytest.raises(InvalidLabelError, match=str(bad)):
         label_to_train_ids(np.array([[0, bad]], dtype=np.uint8), name)
@@ -294,6 +295,8 @@ def test_root_from_environment_and_home(tmp_path, monkeypatch):
     ("context59", "SegmentationClassContext", "label folder"),
     ("cocostuff171", "annotations/val2017", "annotation folder"),
     ("cityscapes19", "leftImg8bit/val", "image folder"),
+    ("ade20k", "annotations/validation", "annotation folder"),
+    ("ade20k_diffcut", "images/validation", "image folder"),
 ])
 def test_missing_split_file_or_folder(name, relative, what, tmp_path):
     OFFICIAL[name][0](tmp_path)
