@@ -20,8 +20,28 @@ class UsageError(SystemExit):
     pass
 
 
-def group_options(group: str) -> List[str]:
+def _yaml_options(group: str) -> List[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def group_options(group: str) -> List[str]:
+    options = _yaml_options(group)
+    if group == "method":  # third-party methods (entry-point group diffattn_seg.methods)
+        from benchmark.registry import discover_method_plugins
+
+        options = sorted(set(options) | set(discover_method_plugins(dict.fromkeys(options))))
+    return options
+
+
+def register_plugin_configs() -> None:
+    """Give Hydra the ``method=<name>`` config of every entry-point plugin (before composing)."""
+    from benchmark.registry import discover_method_plugins
+
+    if discover_method_plugins(dict.fromkeys(_yaml_options("method"))):
+        from methods.plugins import register_configs
+
+        register_configs()
+
 
 
 def check_group_choices(args: List[str]) -> None:
@@ -92,6 +112,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     sys.argv = [sys.argv[0]] + prepare_argv(args)
     logging.getLogger("benchmark").setLevel(logging.INFO)
+    register_plugin_configs()
     _hydra_entry()
 
 

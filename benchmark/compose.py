@@ -11,9 +11,10 @@ def compose_config(overrides: Iterable[str] = (), config_name: str = "config") -
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from benchmark.__main__ import CONF_DIR, prepare_argv
+    from benchmark.__main__ import CONF_DIR, prepare_argv, register_plugin_configs
 
     args = prepare_argv(list(overrides))
+    register_plugin_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name=config_name, overrides=args)

@@ -182,7 +182,10 @@ def validate_method(node: Any) -> MethodSpec:
 
     data = dict(_plain(node) or {})
     name = choice(data.get("name", ""), sorted(METHODS), "method.name")
-    cls = get_method(name)
+    try:
+        cls = get_method(name)
+    except (ImportError, TypeError) as err:  # a broken entry-point plugin
+        raise ConfigError(f"method.name={name!r}: {err}") from None
     params, settings = _split_method_section(data, cls)
     extract = to_dataclass(data.get("extract", {}) or {}, ExtractionConfig, "method.extract")
     choice(extract.latent, ("mean", "sample"), "method.extract.latent")

@@ -138,6 +138,8 @@ class Runner:
             )
             if mode == "file" and getattr(settings, "captioner", "none") != "none":  # official: file + BLIP captions
                 ctx.caption = self._clip_filter().captions_for(sample.image, ctx.candidates, self.dataset.class_names)
+        if getattr(self.method, "uses_class_synonyms", False):
+            ctx.class_synonyms = self.dataset.class_synonyms
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 

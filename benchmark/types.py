@@ -136,6 +136,8 @@ class SegmentContext:
     external: a label map loaded from outside the harness (``method=predictions``).
     caption: a caption of the image, or {prompt name: caption} (captioner or candidates file),
              for prompt augmentation.
+    class_synonyms: the dataset's OVSS synonym lists, one list of names per class, where the
+             project ships them (datasets/classes/ovss_synonyms_*.txt), else None.
     """
 
     image_id: str
@@ -146,3 +148,4 @@ class SegmentContext:
     image: Optional[torch.Tensor] = None
     external: Optional[torch.Tensor] = None
     caption: Optional[Union[str, Dict[str, str]]] = None
+    class_synonyms: Optional[List[List[str]]] = None

@@ -24,6 +24,7 @@ Expected = Dict[str, np.ndarray]
 
 VOC_IDS = ["2007_000033", "2007_000042", "2008_000123"]
 CONTEXT_IDS = ["2008_000002", "2008_000026", "2010_000038"]
+ADE_IDS = ["ADE_val_00000001", "ADE_val_00000002", "ADE_val_00001999"]
 CITYSCAPES_IDS = ["frankfurt_000000_000294", "frankfurt_000001_007973", "lindau_000000_000019", "munster_000010_000019"]
 #: COCO-Stuff unused fine ids (COCO category ids without annotations, minus one)
 COCO_UNUSED_FINE = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
@@ -102,7 +103,9 @@ def write_voc(root: Path, ids: Sequence[str] = VOC_IDS, size: Size = (24, 32), s
         write_image(root / "JPEGImages" / f"{image_id}.jpg", rng, size)
         raw = block_label(rng, size, list(range(21)), border=255)
         write_label(root / "SegmentationClass" / f"{image_id}.png", raw, palette=True)
-        expected[image_id] = {"voc21": raw, "voc20": _reduce_zero(raw)}[config]
+        # DiffCut (FC-CLIP's convert_pas20 then 255 -> background 20): borders are background
+        diffcut = np.where((raw == 0) | (raw == 255), 20, raw - 1)
+        expected[image_id] = {"voc21": raw, "voc20": _reduce_zero(raw), "voc20_diffcut": diffcut}[config]
     return expected
 
 
@@ -118,7 +121,8 @@ def write_context(root: Path, ids: Sequence[str] = CONTEXT_IDS, size: Size = (24
         write_image(root / "JPEGImages" / f"{image_id}.jpg", rng, size)
         raw = block_label(rng, size, list(range(60)))
         write_label(root / "SegmentationClassContext" / f"{image_id}.png", raw)
-        expected[image_id] = {"context60": raw, "context59": _reduce_zero(raw)}[config]
+        diffcut = np.where(raw == 0, 59, raw - 1)  # background last
+        expected[image_id] = {"context60": raw, "context59": _reduce_zero(raw), "context59_diffcut": diffcut}[config]
     return expected
 
 
@@ -171,11 +175,14 @@ def write_cocostuff(root: Path, ids: Optional[Sequence[str]] = None, size: Size 
 
 
 def write_coco_object(root: Path, ids: Optional[Sequence[str]] = None, size: Size = (24, 32),
-                      split: str = "val2017") -> Expected:
-    """Same tree; expected labels are the instanceTrainIds (0 background, things 1..80)."""
+                      split: str = "val2017", config: str = "coco_object") -> Expected:
+    """Same tree; expected labels are the instanceTrainIds (0 background, things 1..80), or
+    for ``coco_object_diffcut`` the things 0..79 with background (stuff, unlabeled) as 80."""
     ids = curated_coco_ids() if ids is None else ids
     _, _, objects = _coco_tables()
-    return {i: objects[fine] for i, fine in _write_coco_tree(root, ids, size, split).items()}
+    diffcut = np.where(objects == 0, 80, objects - 1)
+    table = {"coco_object": objects, "coco_object_diffcut": diffcut}[config]
+    return {i: table[fine] for i, fine in _write_coco_tree(root, ids, size, split).items()}
 
 
 # ------------------------------------------------------------------------ Cityscapes
@@ -197,6 +204,23 @@ def write_cityscapes(root: Path, ids: Sequence[str] = CITYSCAPES_IDS, size: Size
         raw = block_label(rng, size, list(range(34)), n_blocks=10)
         write_label(root / "gtFine" / split / city / f"{image_id}_gtFine_labelIds.png", raw)
         expected[image_id] = {"cityscapes27": np.where(raw >= 7, raw - 7, 255), "cityscapes19": train_ids[raw]}[config]
+    return expected
+
+
+# --------------------------------------------------------------------------- ADE20K
+def write_ade20k(root: Path, ids: Sequence[str] = ADE_IDS, size: Size = (24, 32), split: str = "validation",
+                 config: str = "ade20k") -> Expected:
+    """ADEChallengeData2016 tree: images/<split>/<id>.jpg, annotations/<split>/<id>.png
+    (uint8 0..150, 0 = "other"). ``ade20k``: mmseg's reduce_zero_label (0 -> 255, v -> v - 1);
+    ``ade20k_diffcut``: values kept, 150 not scored."""
+    root = Path(root)
+    expected = {}
+    for image_id in ids:
+        rng = _rng(image_id, "ade")
+        write_image(root / "images" / split / f"{image_id}.jpg", rng, size)
+        raw = block_label(rng, size, [0, 1, 7, 75, 149, 150], n_blocks=8)
+        write_label(root / "annotations" / split / f"{image_id}.png", raw)
+        expected[image_id] = {"ade20k": _reduce_zero(raw), "ade20k_diffcut": np.where(raw == 150, 255, raw)}[config]
     return expected
 
 

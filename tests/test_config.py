@@ -25,6 +25,8 @@ def test_every_group_option_composes_and_validates(group, option):
     overrides = [f"{group}={option}"]
     if group == "method" and option == "predictions":
         overrides.append("method.dir=/nonexistent")  # only validated, not read
+    if group == "method" and option == "diffseg_semantic":
+        overrides.append("method.candidates_file=/nonexistent.json")  # captions: only validated, not read
     cfg = compose_config(overrides)
     v = validate(cfg)
     section = getattr(v, group)

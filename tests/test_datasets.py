@@ -45,14 +45,23 @@ OFFICIAL = {
     "coco_object": (lambda root: layouts.write_coco_object(root), "COCO-Object", 81),
     "cityscapes27": (lambda root: layouts.write_cityscapes(root, config="cityscapes27"), "Cityscapes", 27),
     "cityscapes19": (lambda root: layouts.write_cityscapes(root, config="cityscapes19"), "Cityscapes", 19),
+    "ade20k": (lambda root: layouts.write_ade20k(root, config="ade20k"), "ADE20K", 150),
+    "voc20_diffcut": (lambda root: layouts.write_voc(root, config="voc20_diffcut"), "Pascal VOC 2012", 21),
+    "context59_diffcut": (lambda root: layouts.write_context(root, config="context59_diffcut"), "Pascal Context", 60),
+    "coco_object_diffcut": (lambda root: layouts.write_coco_object(root, config="coco_object_diffcut"),
+                            "COCO-Object", 81),
+    "ade20k_diffcut": (lambda root: layouts.write_ade20k(root, config="ade20k_diffcut"), "ADE20K", 150),
 }
+#: configs whose ids come from the shipped curated list (2175 ids; the fixtures hold a few)
+CURATED = {"cocostuff27", "coco_object_diffcut"}
 # labels where the protocol ignores pixels the fixtures contain (context60 / coco_object ignore nothing)
-HAS_IGNORED = {"voc21", "voc20", "context59", "cocostuff27", "cocostuff171", "cityscapes27", "cityscapes19"}
+HAS_IGNORED = {"voc21", "voc20", "context59", "cocostuff27", "cocostuff171", "cityscapes27", "cityscapes19", "ade20k",
+               "ade20k_diffcut"}
 
 
 def official_config(name: str, root: Path, expected: dict, **overrides) -> dict:
     cfg = {"name": name, "root": str(root), "preprocess": "original"}
-    if name == "cocostuff27":  # the curated list names 2175 images; the fixture has a few
+    if name in CURATED:  # the curated list names 2175 images; the fixture has a few
         cfg["ids"] = sorted(expected)
     cfg.update(overrides)
     return cfg
@@ -97,10 +106,12 @@ def test_official_count_warning_names_both_numbers(name, official_trees, caplog)
     with caplog.at_level(logging.WARNING, logger="benchmark.data"):
         ds = build_dataset(official_config(name, root, expected))
     published = {"voc21": 1449, "voc20": 1449, "context60": 5105, "context59": 5105, "cocostuff27": 2175,
-                 "cocostuff171": 5000, "coco_object": 5000, "cityscapes27": 500, "cityscapes19": 500}[name]
+                 "cocostuff171": 5000, "coco_object": 5000, "cityscapes27": 500, "cityscapes19": 500,
+                 "ade20k": 2000, "ade20k_diffcut": 2000, "voc20_diffcut": 1449, "context59_diffcut": 5105,
+                 "coco_object_diffcut": 2175}[name]
     assert ds.expected_count == published
     warnings = [r for r in caplog.records if r.name == "benchmark.data" and r.levelno == logging.WARNING]
-    if name == "cocostuff27":  # the split is the shipped list itself: 2175 = 2175
+    if name in CURATED:  # the split is the shipped list itself: 2175 = 2175
         assert ds.found_count == 2175 and not warnings
     else:
         assert len(warnings) == 1
@@ -183,8 +194,27 @@ def test_label_decoders_hand_checked_values():
     assert label_to_train_ids(np.array([[0, 80]]), "coco_object").tolist() == [[0, 80]]
 
 
+def test_ade20k_and_diffcut_mappings_hand_checked_values():
+    # mmseg reduce_zero_label: 0 -> 255, 1 (wall) -> 0, 150 (flag) -> 149
+    ade = np.array([[0, 1, 8, 150, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(label_to_train_ids(ade, "ade20k"), [[255, 0, 7, 149, 255]])
+    assert class_names("ade20k")[0] == "wall" and class_names("ade20k")[7] == "bed" and len(class_names("ade20k")) == 150
+    # DiffCut keeps raw values; 150 lies outside its 150-class histogram
+    np.testing.assert_array_equal(label_to_train_ids(ade, "ade20k_diffcut"), [[0, 1, 8, 255, 255]])
+    # VOC20+bg: background and the 255 borders are class 20; aeroplane 1 -> 0, tvmonitor 20 -> 19
+    voc = np.array([[0, 1, 20, 255]], dtype=np.uint8)
+    np.testing.assert_array_equal(label_to_train_ids(voc, "voc20_diffcut"), [[20, 0, 19, 20]])
+    np.testing.assert_array_equal(label_to_train_ids(np.array([[0, 1, 59]]), "context59_diffcut"), [[59, 0, 58]])
+    # COCO fine ids: person 0 -> 0, toothbrush 89 -> 79, sky-other 156 and unlabeled 255 -> background 80
+    coco = label_to_train_ids(np.array([[0, 12, 89, 156, 255]], dtype=np.uint8), "coco_object_diffcut")
+    np.testing.assert_array_equal(coco, [[0, 11, 79, 80, 80]])
+    with pytest.raises(InvalidLabelError, match="11"):  # no COCO category has fine id 11
+        label_to_train_ids(np.array([[11]], dtype=np.uint8), "coco_object_diffcut")
+
+
 @pytest.mark.parametrize("name,bad", [("voc21", 21), ("context60", 60), ("cocostuff27", 200), ("cocostuff171", 171),
-                                      ("coco_object", 81), ("cityscapes19", 34)])
+                                      ("coco_object", 81), ("cityscapes19", 34), ("ade20k", 151),
+                                      ("ade20k_diffcut", 151), ("voc20_diffcut", 21), ("context59_diffcut", 60)])
 def test_undefined_label_values_are_errors(name, bad):
     with pytest.raises(InvalidLabelError, match=str(bad)):
         label_to_train_ids(np.array([[0, bad]], dtype=np.uint8), name)
@@ -199,9 +229,17 @@ def test_reference_class_lists_and_synonyms(official_trees):
     assert class_names("cityscapes27") == [l.name for l in labels if 7 <= l.id <= 33]
     assert class_names("voc20") == class_names("voc21")[1:] and class_names("context59") == class_names("context60")[1:]
     assert class_names("coco_object") == ["background"] + class_names("cocostuff171")[:80]
+    ade = layouts.REPO / "datasets" / "classes" / "ovss_synonyms_ade20k.txt"
+    assert [n.replace(" ", "") for n in class_names("ade20k")] == [l.split(",")[0] for l in ade.read_text().split()]
+    for name, background in (("voc20_diffcut", 20), ("context59_diffcut", 59), ("coco_object_diffcut", 80)):
+        root, expected = official_trees[name]
+        ds = build_dataset(official_config(name, root, expected, limit=1))
+        assert ds.background_class == background and ds.class_names[background] == "background"
+        assert ds.class_names[:background] == class_names({"voc20_diffcut": "voc20", "context59_diffcut": "context59",
+                                                           "coco_object_diffcut": "coco_object"}[name])[-background:]
     synonyms = layouts.REPO / "datasets" / "classes" / "ovss_synonyms_coco_stuff.txt"
     assert [n.replace(" ", "") for n in class_names("cocostuff171")] == synonyms.read_text().split()
-    for name in ("voc21", "voc20", "context60", "context59", "cocostuff171", "coco_object", "cityscapes19"):
+    for name in ("voc21", "voc20", "context60", "context59", "cocostuff171", "coco_object", "cityscapes19", "ade20k"):
         root, expected = official_trees[name]
         ds = build_dataset(official_config(name, root, expected, limit=1))
         assert len(ds.class_synonyms) == ds.num_classes and all(ds.class_synonyms)
@@ -257,6 +295,8 @@ def test_root_from_environment_and_home(tmp_path, monkeypatch):
     ("context59", "SegmentationClassContext", "label folder"),
     ("cocostuff171", "annotations/val2017", "annotation folder"),
     ("cityscapes19", "leftImg8bit/val", "image folder"),
+    ("ade20k", "annotations/validation", "annotation folder"),
+    ("ade20k_diffcut", "images/validation", "image folder"),
 ])
 def test_missing_split_file_or_folder(name, relative, what, tmp_path):
     OFFICIAL[name][0](tmp_path)
@@ -272,8 +312,12 @@ def _file_of(name: str, kind: str, root: Path, image_id: str) -> Path:
     if name.startswith(("voc", "context")):
         folder = {"image": "JPEGImages", "label": "SegmentationClass" + ("Context" if name.startswith("context") else "")}
         return root / folder[kind] / f"{image_id}{'.jpg' if kind == 'image' else '.png'}"
+    if name.startswith("ade20k"):
+        return root / ("images" if kind == "image" else "annotations") / "validation" / \
+            f"{image_id}{'.jpg' if kind == 'image' else '.png'}"
     if name.startswith("coco"):
-        suffix = {"cocostuff27": ".png", "cocostuff171": "_labelTrainIds.png", "coco_object": "_instanceTrainIds.png"}
+        suffix = {"cocostuff27": ".png", "cocostuff171": "_labelTrainIds.png", "coco_object": "_instanceTrainIds.png",
+                  "coco_object_diffcut": ".png"}
         return root / "images" / "val2017" / f"{image_id}.jpg" if kind == "image" else \
             root / "annotations" / "val2017" / f"{image_id}{suffix[name]}"
     city = image_id.split("_")[0]

@@ -8,7 +8,7 @@ from PIL import Image
 
 import dataset_layouts as layouts
 from benchmark.compose import run_with_overrides
-from test_datasets import OFFICIAL
+from test_datasets import CURATED, OFFICIAL
 
 
 def _write_predictions(expected, out_dir, ignore_index=255):
@@ -30,7 +30,7 @@ def test_ground_truth_as_predictions_scores_100(name, tmp_path):
     overrides = [f"dataset={name}", f"dataset.root={tmp_path / 'data'}", "dataset.preprocess=original",
                  "dataset.num_workers=0", "method=predictions", f"method.dir={tmp_path / 'preds'}",
                  "metric=miou", "run.progress=false"]
-    if name == "cocostuff27":
+    if name in CURATED:
         overrides.append("dataset.ids=[" + ",".join(f"'{i}'" for i in sorted(expected)) + "]")
     out = run_with_overrides(overrides, tmp_path / "run")
     m = out.payload["results"][0]["metrics"]

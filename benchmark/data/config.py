@@ -95,6 +95,38 @@ class Cityscapes19Config(DatasetConfig):
     name: str = "cityscapes19"
 
 
+@dataclass
+class Ade20kConfig(DatasetConfig):
+    name: str = "ade20k"
+    split: str = "validation"
+
+
+# DiffCut's label mappings of the same files (datasets/README.md, 'DiffCut label mappings')
+@dataclass
+class Voc20DiffCutConfig(DatasetConfig):
+    name: str = "voc20_diffcut"
+
+
+@dataclass
+class Context59DiffCutConfig(DatasetConfig):
+    name: str = "context59_diffcut"
+
+
+@dataclass
+class CocoObjectDiffCutConfig(DatasetConfig):
+    name: str = "coco_object_diffcut"
+    split: str = "val2017"
+    #: DiffCut evaluates COCO-Object on the curated 2175 COCO-Stuff-27 images (False: every
+    #: image of the split that has a stuffthingmaps label)
+    curated: bool = True
+
+
+@dataclass
+class Ade20kDiffCutConfig(DatasetConfig):
+    name: str = "ade20k_diffcut"
+    split: str = "validation"
+
+
 # ------------------------------------------------------------------ generated / user data
 @dataclass
 class SyntheticConfig(DatasetConfig):
@@ -181,6 +213,11 @@ DATASET_SCHEMAS: Dict[str, type] = {
     "coco_object": CocoObjectConfig,
     "cityscapes27": Cityscapes27Config,
     "cityscapes19": Cityscapes19Config,
+    "ade20k": Ade20kConfig,
+    "voc20_diffcut": Voc20DiffCutConfig,
+    "context59_diffcut": Context59DiffCutConfig,
+    "coco_object_diffcut": CocoObjectDiffCutConfig,
+    "ade20k_diffcut": Ade20kDiffCutConfig,
     "synthetic": SyntheticConfig,
     "folder": FolderConfig,
     "hf": HFConfig,

@@ -57,6 +57,7 @@ class SegmentationDataset(Dataset):
         found_count: Optional[int] = None,
         synonyms_list: Optional[str] = None,
         skipped: Iterable[Tuple[str, str]] = (),
+        background_class: Optional[int] = None,
     ):
         if on_error not in ON_ERROR_CHOICES:
             raise ValueError(f"dataset.on_error={on_error!r}; choose one of {', '.join(ON_ERROR_CHOICES)}")
@@ -75,6 +76,9 @@ class SegmentationDataset(Dataset):
         #: name of the shipped OVSS synonym list (datasets/classes/ovss_synonyms_<name>.txt)
         self.synonyms_list = synonyms_list
         self.ignore_index = IGNORE_INDEX
+        #: train id of a "background" class that DiffCut's evaluation matches many-to-one
+        #: (eval_diffcut.py, VOC20 / Context / COCO-Object); None where there is none
+        self.background_class = background_class
         #: (image_id, reason) of images skipped so far in this process: those found missing
         #: when the dataset was built, and those that failed in ``__getitem__`` here. Worker
         #: processes report theirs as ``SkippedSample`` items of the loader.

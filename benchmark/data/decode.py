@@ -12,7 +12,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional
 import numpy as np
 
 from .errors import InvalidLabelError, PathLike
-from .reference import COCOSTUFF_FINE_COUNT, cocostuff_fine_to_coarse
+from .reference import COCOSTUFF_FINE_COUNT, coco_thing_fine_ids, cocostuff_fine_to_coarse
 
 #: train-id value of pixels that are not evaluated, for every dataset after decoding
 IGNORE_INDEX = 255
@@ -124,6 +124,53 @@ def _cityscapes19_decoder() -> LabelDecoder:
     )
 
 
+# ------------------------------------------------------------ DiffCut's label mappings
+# PaulCouairon/DiffCut dataloader/iterator.py get_fine_to_coarse and eval_diffcut.py: every
+# raw value mapped to -1 there is "background" (train id C, the last class) for VOC20,
+# Context and COCO-Object (eval_diffcut.py: ``label_map[label_map == -1] = N_CLASS - 1``).
+def _voc20_diffcut_decoder() -> LabelDecoder:
+    # DiffCut reads FC-CLIP's annotations_pascal20 (datasets/prepare_pascal_voc_sem_seg.py
+    # convert_pas20: 0 -> 255, then v - 1, 254 -> 255, so background AND the 255 object
+    # borders become 255), then 255 -> -1 -> background. Composed on the VOC2012 PNGs:
+    # raw 0 and raw 255 -> 20 (background), raw v in 1..20 -> v - 1.
+    mapping = {v: v - 1 for v in range(1, 21)}
+    mapping.update({0: 20, IGNORE_INDEX: 20})
+    return make_decoder(mapping, [], "VOC class indices 0..20 and 255 (0 and 255 mapped to background 20)")
+
+
+def _context59_diffcut_decoder() -> LabelDecoder:
+    # FC-CLIP's prepare_pascal_ctx_sem_seg.py writes the 59 classes as 0..58 and
+    # background as 255 (the same sorted _mapping as mmseg's pascal_context.py converter,
+    # shifted by one); DiffCut maps 255 -> -1 -> background. On mmseg's 0..59 PNGs:
+    # raw 0 -> 59, raw v in 1..59 -> v - 1. 255 never occurs in them and stays ignored.
+    mapping = {v: v - 1 for v in range(1, 60)}
+    mapping[0] = 59
+    return make_decoder(mapping, [IGNORE_INDEX], "Pascal Context class indices 0..59 (0 mapped to background 59)")
+
+
+def _coco_object_diffcut_decoder() -> LabelDecoder:
+    # dataloader/coco/coco_object_mapping.pickle maps the stuffthingmaps fine id of each
+    # thing to its object index; get_fine_to_coarse("COCO-Object") sets every key >= 91
+    # (stuff 91..181 and unlabelled 255) to -1 -> background. The object indices are 0..79
+    # in category order: eval_diffcut_openvoc.py adds 1 to them and inserts 'background'
+    # as class 0 of its 81 names. Unused thing ids (no COCO category) never occur.
+    mapping = {fine: index for index, fine in enumerate(coco_thing_fine_ids())}
+    background = len(mapping)
+    mapping.update({fine: background for fine in range(91, COCOSTUFF_FINE_COUNT)})
+    mapping[IGNORE_INDEX] = background
+    return make_decoder(
+        mapping, [], "COCO-Stuff fine ids (things -> 0..79, stuff 91..181 and 255 -> background 80)"
+    )
+
+
+def _ade20k_diffcut_decoder() -> LabelDecoder:
+    # DiffCut reads ADEChallengeData2016/annotations (raw 0..150) with 255 -> -1 only, and
+    # scores a 150-class histogram (tools/utils.py _fast_hist keeps 0 <= label < 150): raw 0
+    # ("other") is class 0, raw 1..149 keep their value, raw 150 ("flag") is not scored.
+    return make_decoder({v: v for v in range(150)}, [150, IGNORE_INDEX],
+                        "ADE20K class indices 0..150 (0..149 kept as is, 150 ignored)")
+
+
 #: decoding of each official dataset config
 DECODERS: Dict[str, Callable[[], LabelDecoder]] = {
     "voc21": lambda: indices_decoder(21, what="VOC class indices"),
@@ -137,6 +184,13 @@ DECODERS: Dict[str, Callable[[], LabelDecoder]] = {
     "coco_object": lambda: indices_decoder(81, what="COCO-Object instanceTrainIds"),
     "cityscapes27": _cityscapes27_decoder,
     "cityscapes19": _cityscapes19_decoder,
+    # mmseg ADE20KDataset (reduce_zero_label=True) and LoadAnnotations._load_seg_map
+    # (mmseg/datasets/transforms/loading.py): 0 -> 255, v -> v - 1, 254 -> 255
+    "ade20k": lambda: indices_decoder(150, reduce_zero_label=True, what="ADE20K class indices"),
+    "voc20_diffcut": _voc20_diffcut_decoder,
+    "context59_diffcut": _context59_diffcut_decoder,
+    "coco_object_diffcut": _coco_object_diffcut_decoder,
+    "ade20k_diffcut": _ade20k_diffcut_decoder,
 }
 
 

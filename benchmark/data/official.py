@@ -1,5 +1,6 @@
 """The published benchmarks, read in the layouts their releases (and the usual converters)
-produce: Pascal VOC 2012, Pascal Context, COCO-Stuff (27 / 171), COCO-Object, Cityscapes.
+produce: Pascal VOC 2012, Pascal Context, COCO-Stuff (27 / 171), COCO-Object, Cityscapes,
+ADE20K; and DiffCut's label mappings of the same files (``*_diffcut`` configs).
 Trees and sources: datasets/README.md (one section per dataset).
 """
 from __future__ import annotations
@@ -71,6 +72,21 @@ def _coco_layout(label_suffix: str, curated: Optional[Callable[[], List[str]]] =
     return layout
 
 
+def _paired_folders_layout(image_dir: str, label_dir: str, image_suffix: str, label_suffix: str) -> Layout:
+    """<image_dir>/<split>/<id><image_suffix> and <label_dir>/<split>/<id><label_suffix>; the
+    ids are the stems found in either folder (ADEChallengeData2016: images/validation/*.jpg,
+    annotations/validation/*.png, as mmseg's ``ADE20KDataset`` reads them)."""
+
+    def layout(root: Path, cfg: DatasetConfig, section: str) -> Dict[str, FileEntry]:
+        images = require_dir(root / image_dir / cfg.split, "image folder", section)
+        labels = require_dir(root / label_dir / cfg.split, "annotation folder", section)
+        # an id with only one of its two files is kept, so the missing one is reported
+        ids = sorted(_ids_by_suffix(images, image_suffix) | _ids_by_suffix(labels, label_suffix))
+        return {i: FileEntry(i, str(images / f"{i}{image_suffix}"), str(labels / f"{i}{label_suffix}")) for i in ids}
+
+    return layout
+
+
 def _cityscapes_layout(root: Path, cfg: DatasetConfig, section: str) -> Dict[str, FileEntry]:
     """leftImg8bit/<split>/<city>/<id>_leftImg8bit.png, gtFine/<split>/<city>/<id>_gtFine_labelIds.png;
     the id is the file name without the suffix (frankfurt_000000_000294)."""
@@ -110,6 +126,19 @@ def _cityscapes19_names() -> List[str]:
     return [label.name for label in train]
 
 
+def _with_background_last(names: List[str]) -> List[str]:
+    """DiffCut's "+bg" class lists: the dataset's classes, then ``background`` as the last
+    class (eval_diffcut.py: ``N_CLASS = C + 1``, unlabelled -1 -> ``N_CLASS - 1``)."""
+    return [*names, "background"]
+
+
+def _ade20k_diffcut_names() -> List[str]:
+    # DiffCut reads the raw ADE20K annotations without reduce_zero_label: raw 0 ("other",
+    # unlabelled) is class 0 and raw 1..149 keep their value; raw 150 falls outside its
+    # 150-class histogram (tools/utils.py _fast_hist: label < n_class) and is not scored
+    return ["other", *class_names("ade20k")[:-1]]
+
+
 # ------------------------------------------------------------------------- definitions
 @dataclass(frozen=True)
 class OfficialSpec:
@@ -122,6 +151,11 @@ class OfficialSpec:
     count_note: str = ""
     #: OVSS synonym list shipped for the classes (datasets/classes/ovss_synonyms_<x>.txt)
     synonyms: Optional[str] = None
+    #: train id of the "background" class that DiffCut-style metrics may match many-to-one
+    #: (None: the dataset has no such class, or it is class 0 of an mmseg-style list)
+    background_class: Optional[int] = None
+    #: the ids are a shipped list (the curated COCO-Stuff-27 images) unless ``curated: false``
+    curated: bool = False
 
 
 VOC = dict(section="Pascal VOC 2012", subdir="VOCdevkit/VOC2012",
@@ -134,6 +168,9 @@ CONTEXT = dict(section="Pascal Context", subdir="VOCdevkit/VOC2010",
 COCO_COUNTS = {"val2017": 5000, "train2017": 118287}
 CITYSCAPES = dict(section="Cityscapes", subdir="cityscapes", layout=_cityscapes_layout,
                   counts={"val": 500, "train": 2975, "test": 1525})
+ADE20K = dict(section="ADE20K", subdir="ADEChallengeData2016",
+              layout=_paired_folders_layout("images", "annotations", ".jpg", ".png"),
+              counts={"validation": 2000, "training": 20210})
 
 OFFICIAL: Dict[str, OfficialSpec] = {
     "voc21": OfficialSpec(**VOC, classes=lambda: class_names("voc21"), synonyms="voc21"),
@@ -142,7 +179,7 @@ OFFICIAL: Dict[str, OfficialSpec] = {
     "context59": OfficialSpec(**CONTEXT, classes=lambda: class_names("context59"), synonyms="context59"),
     "cocostuff27": OfficialSpec(
         section="COCO-Stuff", subdir="cocostuff", layout=_coco_layout(".png", curated=curated_cocostuff27_ids),
-        classes=lambda: class_names("cocostuff27"), counts=COCO_COUNTS,
+        classes=lambda: class_names("cocostuff27"), counts=COCO_COUNTS, curated=True,
     ),
     "cocostuff171": OfficialSpec(
         section="COCO-Stuff", subdir="cocostuff", layout=_coco_layout("_labelTrainIds.png"),
@@ -154,11 +191,25 @@ OFFICIAL: Dict[str, OfficialSpec] = {
     ),
     "cityscapes27": OfficialSpec(**CITYSCAPES, classes=_cityscapes27_names),
     "cityscapes19": OfficialSpec(**CITYSCAPES, classes=_cityscapes19_names, synonyms="city_scapes"),
+    # mmseg ADE20KDataset (mmseg/datasets/ade.py): 150 classes, reduce_zero_label=True
+    "ade20k": OfficialSpec(**ADE20K, classes=lambda: class_names("ade20k"), synonyms="ade20k"),
+    # DiffCut's label mappings (PaulCouairon/DiffCut dataloader/iterator.py, eval_diffcut.py):
+    # same files, other class indices; see datasets/README.md, section 'DiffCut label mappings'
+    "voc20_diffcut": OfficialSpec(**VOC, classes=lambda: _with_background_last(class_names("voc20")),
+                                  background_class=20),
+    "context59_diffcut": OfficialSpec(**CONTEXT, classes=lambda: _with_background_last(class_names("context59")),
+                                      background_class=59),
+    "coco_object_diffcut": OfficialSpec(
+        section="COCO-Object", subdir="cocostuff", layout=_coco_layout(".png", curated=curated_cocostuff27_ids),
+        classes=lambda: _with_background_last(class_names("coco_object")[1:]), counts=COCO_COUNTS,
+        background_class=80, curated=True,
+    ),
+    "ade20k_diffcut": OfficialSpec(**ADE20K, classes=_ade20k_diffcut_names),
 }
 
 
 def _expected_count(name: str, spec: OfficialSpec, cfg: DatasetConfig) -> Optional[int]:
-    if name == "cocostuff27" and getattr(cfg, "curated", True):
+    if spec.curated and getattr(cfg, "curated", True):
         return CURATED_COCOSTUFF27_COUNT
     return spec.counts.get(cfg.split)
 
@@ -188,4 +239,5 @@ def build_official(cfg: DatasetConfig) -> FileDataset:
         found_count=len(entries),
         synonyms_list=spec.synonyms,
         skipped=skipped,
+        background_class=spec.background_class,
     )

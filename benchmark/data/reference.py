@@ -23,6 +23,16 @@ CURATED_COCOSTUFF27_SHA256 = "7c629734c88f1a74bba6311e01d4d9fe976df84f07cb4fc864
 CURATED_COCOSTUFF27_COUNT = 2175
 #: COCO-Stuff stuffthingmaps hold fine ids 0..181 (COCO category id - 1) and 255
 COCOSTUFF_FINE_COUNT = 182
+#: fine ids 0..90 are COCO's 91 thing category ids minus one; these 11 have no annotations
+#: (the gaps of mmseg's ``tools/dataset_converters/coco_stuff164k.py`` clsID_to_trID table),
+#: the other 80 are the things in category order
+COCO_UNUSED_THING_FINE_IDS = (11, 25, 28, 29, 44, 65, 67, 68, 70, 82, 90)
+COCO_THING_FINE_MAX = 90
+
+
+def coco_thing_fine_ids() -> List[int]:
+    """The 80 stuffthingmaps fine ids of COCO things, in category order."""
+    return [f for f in range(COCO_THING_FINE_MAX + 1) if f not in COCO_UNUSED_THING_FINE_IDS]
 
 
 def datasets_dir() -> Path:
