@@ -89,8 +89,9 @@ class DiffSegSemanticSettings:
     #: class of every pixel when the caption names no class (null: the dataset's class
     #: named "background"; a dataset without one then needs this set)
     unmatched_class: Optional[str] = None
-    #: the CLIP filter's captioner (candidates=clip): none | blip
-    captioner: str = "blip"
+    #: the CLIP filter's captioner: blip with candidates=clip (the captions), none with
+    #: candidates=file (the file holds the captions)
+    captioner: str = "none"
     captioner_model: str = "Salesforce/blip-image-captioning-large"
     caption_max_tokens: int = 30
     clip_model: str = "openai/clip-vit-large-patch14"
@@ -110,6 +111,11 @@ class DiffSegSemanticSettings:
             )
         if self.candidates == "clip" and self.captioner != "blip":
             raise ValueError("method=diffseg_semantic with method.candidates=clip needs method.captioner=blip (captions)")
+        if self.candidates == "file" and self.captioner != "none":
+            raise ValueError(
+                f"method=diffseg_semantic with method.candidates=file reads its captions from the file: "
+                f"method.captioner={self.captioner} would caption again; set method.captioner=none"
+            )
         check_choice(self.match_classes, MATCH_CLASSES, "match_classes")
         for name, names in (self.synonyms or {}).items():
             if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
