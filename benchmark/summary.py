@@ -106,12 +106,15 @@ def summary_frames(payloads: Sequence[Mapping[str, Any]], run_dirs: Sequence[Pat
         long_row["headline"] = r["headline"]
         long_row["n_images"] = r["n_images"]
         long_rows.append(long_row)
-    wide_src = pd.DataFrame(wide_rows)
-    datasets = list(dict.fromkeys(wide_src["dataset"]))
-    wide = wide_src.pivot_table(index=["method", "settings"], columns="dataset", values="value",
-                                aggfunc="first", sort=False, dropna=False)
-    wide = wide.reindex(columns=datasets).reset_index()
-    wide.columns.name = None
+    datasets = list(dict.fromkeys(r["dataset"] for r in wide_rows))
+    table: Dict[Tuple[str, str], Dict[str, Any]] = {}
+    for r in wide_rows:  # first value of a (row, dataset) cell wins: identical settings give identical numbers
+        cells = table.setdefault((r["method"], r["settings"]), {})
+        cells.setdefault(r["dataset"], r["value"])
+    wide = pd.DataFrame(
+        [{"method": m, "settings": label, **{d: cells.get(d) for d in datasets}} for (m, label), cells in table.items()],
+        columns=["method", "settings"] + datasets,
+    )
     return wide, pd.DataFrame(long_rows)
 
 
