@@ -13,7 +13,8 @@ captured by one more pass so every resolution can be shown. Written into ``--out
 * ``cross_attention.png``  heat map of each prompt word over the image, per attention
   side and fused (DAAM-style: the sides' maps upsampled to the image and summed, scaled
   by the maximum). Methods that read no word (DiffSeg, K-Means) show the words of
-  ``--prompt`` from a separate pass (default: ``method.extract.prompt``);
+  ``--prompt`` (each distinct word, at its first occurrence) from a separate pass
+  (default: ``method.extract.prompt``);
 * ``self_attention.png``   the self-attention map of a few query points per side;
 * the method's intermediate products: ``diffseg_merges.png`` (proposals after each merge
   iteration), ``score_maps.png`` (open-vocabulary: fused cross-attention before and score
@@ -357,7 +358,8 @@ def show(image: str, overrides: Sequence[str] = (), out: Optional[Path] = None, 
     else:
         text = prompt if prompt is not None else v.method.extract.prompt
         if text:
-            chosen = list(words) or [w for w in re.findall(r"[A-Za-z][\w'-]*", text)]
+            # each distinct word once: a word's tokens are found at its first occurrence
+            chosen = list(dict.fromkeys(list(words) or re.findall(r"[A-Za-z][\w'-]*", text)))
             dm = model.get()
             query = PromptQuery(text=text)
             daam = dm.capture([sample.image], [[query]], AttentionRequest(cross_resolutions=tuple(sides)),
