@@ -35,6 +35,7 @@ th, td { border: 1px solid #ccc; padding: .25em .55em; text-align: right; }
 th { background: #f2f2f2; } td:first-child, th:first-child { text-align: left; }
 figure { margin: .8em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .8em; color: #555; }
+.side-by-side figure { display: inline-block; vertical-align: top; max-width: 49%; margin-right: .5%; }
 pre { background: #f7f7f7; padding: .6em; font-size: .75em; overflow-x: auto; }
 </style>
 </head>
@@ -45,6 +46,7 @@ pre { background: #f7f7f7; padding: .6em; font-size: .75em; overflow-x: auto; }
 {% for n in notes %}<div class="note">{{ n }}</div>
 {% endfor %}
 {% for section in sections %}
+<section class="{{ section.cls or '' }}">
 <h2>{{ section.heading }}</h2>
 {% if section.text %}<p>{{ section.text }}</p>{% endif %}
 {% for t in section.tables %}{{ t | safe }}{% endfor %}
@@ -52,6 +54,7 @@ pre { background: #f7f7f7; padding: .6em; font-size: .75em; overflow-x: auto; }
 <figure><img src="data:image/png;base64,{{ fig.data }}" alt="{{ fig.caption }}"><figcaption>{{ fig.caption }}</figcaption></figure>
 {% endfor %}
 {% if section.pre %}<details><summary>{{ section.pre_title }}</summary><pre>{{ section.pre }}</pre></details>{% endif %}
+</section>
 {% endfor %}
 </body>
 </html>
@@ -128,7 +131,7 @@ def write_run_page(run_dir: Path, payload: Mapping[str, Any], figures: Sequence[
     sections = [
         {"heading": "Results", "tables": [frame_html(results_frame(payload))], "figures": [],
          "text": f"{len(payload['results'])} configuration(s) on {payload['n_images']} images; percentages."},
-        {"heading": "Metric vs parameter", "tables": [], "figures": _figures(figures, "plot_*.png"),
+        {"heading": "Metric vs parameter", "tables": [], "figures": _figures(figures, "plot_*.png"), "cls": "side-by-side",
          "text": "" if payload.get("grid_keys") else "No in-run grid: one configuration."},
         {"heading": "Examples", "tables": [], "figures": _figures(figures, "figure_*.png"),
          "text": "Overlays in the dataset's palette; unsupervised segments coloured by their Hungarian-matched "
@@ -159,7 +162,7 @@ def write_sweep_page(
     sections = [
         {"heading": "Summary (headline metric, method × dataset)", "tables": [frame_html(summary)], "figures": []},
         {"heading": "All runs and configurations", "tables": [frame_html(combined)], "figures": []},
-        {"heading": "Metric vs parameter", "tables": [], "figures": [embed_png(p) for p in figures]},
+        {"heading": "Metric vs parameter", "tables": [], "figures": [embed_png(p) for p in figures], "cls": "side-by-side"},
         {"heading": "Examples", "tables": [], "figures": examples},
     ]
     title = f"{len(runs)} runs: {Path(out).name}"
