@@ -3,10 +3,14 @@
     python -m benchmark.report RUN_OR_SWEEP_DIR [...] [--out DIR] [--no-plots]
 
 For every run directory found (a folder holding ``metrics.json`` and
-``per_image.parquet``) the metrics are recomputed from the per-image counts and its
-``table.md/.csv/.tex`` rewritten; with several runs (a multirun sweep) one combined table
-has a row per (job, configuration) and a column per parameter that differs, and plots show
-each metric against each swept parameter, per-class IoU bars and qualitative examples.
+``per_image.parquet``) the metrics are recomputed from the per-image counts, its
+``table.md/.csv/.tex`` rewritten and (unless ``--no-plots``) its figures and
+``report.html`` redrawn: metric vs each grid axis, per-class IoU bars, one overlay figure
+per kept example (``examples/figure_<id>.png``). With several runs (a multirun sweep, or
+runs of several methods and datasets) one combined table has a row per (job,
+configuration) and a column per parameter that differs, ``summary.*`` is the method ×
+dataset table of the headline metric (:mod:`benchmark.summary`), and a sweep page
+``report.html`` shows them with the metric-vs-parameter figures.
 """
 from __future__ import annotations
 
@@ -250,16 +254,21 @@ def example_points(payload: Mapping[str, Any], max_points: int = 4) -> List[Tupl
     return [(default, "default")] + ([(best, "best")] if best != default else [])
 
 
-def per_image_scores(run_dir: Path, payload: Mapping[str, Any]) -> Dict[str, List[Optional[float]]]:
+def per_image_scores(
+    run_dir: Path, payload: Mapping[str, Any], ids: Optional[Sequence[str]] = None
+) -> Dict[str, List[Optional[float]]]:
     """image id -> headline metric of each grid point on that image alone (from the counts
-    in per_image.parquet)."""
+    in per_image.parquet); only ``ids`` when given."""
     from benchmark.config import to_dataclass
     from benchmark.metrics import get_metric
 
     cls = get_metric(payload["metric"])
     params = to_dataclass(payload.get("metric_params", {}), cls.Params, "metric")
     metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params)
-    records, points = from_frame(pd.read_parquet(run_dir / "per_image.parquet"))
+    frame = pd.read_parquet(run_dir / "per_image.parquet")
+    if ids is not None:
+        frame = frame[frame["image_id"].isin(list(ids))]
+    records, points = from_frame(frame)
     name = headline_metric(payload)
     out: Dict[str, List[Optional[float]]] = {}
     for rec in records:
@@ -291,7 +300,7 @@ def plot_examples(run_dir: Path, out_dir: Path, payload: Optional[Dict[str, Any]
     names = payload["class_names"]
     pal = dataset_palette(payload["dataset"], names)
     ignore = int(payload["ignore_index"])
-    scores = per_image_scores(run_dir, payload)
+    scores = per_image_scores(run_dir, payload, ids)
     metric_name = headline_metric(payload)
     written = []
     for image_id in ids:
