@@ -174,3 +174,14 @@ def test_single_run_writes_example_figures_and_a_self_contained_report(tmp_path)
     assert "kl_threshold" in page and "Provenance" in page
     payload = json.loads((run / "metrics.json").read_text())
     assert payload["n_images"] == 2
+
+
+def test_large_grids_show_the_default_and_the_best_point():
+    from benchmark.report import example_points
+
+    taus = [0.7, 0.8, 0.9, 1.0, 1.1, 1.2]
+    payload = _payload("diffseg", "coco", [{"kl_threshold": t} for t in taus], [10, 12, 30, 20, 15, 5],
+                       {"method": {"name": "diffseg", "kl_threshold": 1.1}}, grid_keys=["kl_threshold"])
+    assert example_points(payload) == [(4, "default"), (2, "best")]
+    small = dict(payload, results=payload["results"][:3])
+    assert example_points(small) == [(0, ""), (1, ""), (2, "")]
