@@ -42,6 +42,14 @@ def test_show_writes_attention_maps_and_diffseg_merges_for_a_dataset_image(tmp_p
     assert result["passes"] == 2  # the method's pass + the --prompt pass
 
 
+def test_show_reads_the_attention_cache_of_an_evaluation(tmp_path):
+    args = TINY + ["method=diffseg", "method.anchor_grid=4", f"cache.dir={tmp_path / 'cache'}"]
+    first = show("synthetic_000001", args, tmp_path / "a", n_points=1)
+    again = show("synthetic_000001", args, tmp_path / "b", n_points=1)
+    assert (first["passes"], again["passes"]) == (1, 0)  # the second reads the cache: no UNet pass
+    assert (tmp_path / "b" / "diffseg_merges.png").is_file()
+
+
 @pytest.mark.slow
 def test_show_on_an_image_file_with_an_open_vocabulary_method(tmp_path):
     path = tmp_path / "cat.png"
