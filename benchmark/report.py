@@ -79,6 +79,21 @@ def differing_config_keys(payloads: Sequence[Dict[str, Any]]) -> List[str]:
     ]
 
 
+def swept_keys(payloads: Sequence[Dict[str, Any]]) -> List[str]:
+    """Config keys that differ between runs of the same method, then the in-run grid axes:
+    the axes of metric-vs-parameter plots (runs of several methods differ in every
+    method-specific key; those are not axes)."""
+    by_method: Dict[str, List[Dict[str, Any]]] = {}
+    for p in payloads:
+        by_method.setdefault(p["method"], []).append(p)
+    keys = set()
+    for group in by_method.values():
+        if len(group) > 1:
+            keys |= set(differing_config_keys(group))
+    ordered = [k for k in differing_config_keys(payloads) if k in keys]
+    return ordered + sorted({k for p in payloads for k in p.get("grid_keys", [])} - set(ordered))
+
+
 def combined_frame(payloads: Sequence[Dict[str, Any]], run_dirs: Sequence[Path]) -> pd.DataFrame:
     job_keys = differing_config_keys(payloads)
     frames = []
@@ -138,15 +153,17 @@ def plot_metric_vs_params(
     for param in params:
         if param not in frame.columns:
             continue
-        labels = frame[param].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else v)
-        if labels.astype(str).nunique() < 2:
+        # rows that have this parameter (a sweep over several methods: the others lack it)
+        rows = frame[frame[param].map(lambda v: v is not None and not (isinstance(v, float) and v != v))]
+        labels = rows[param].map(lambda v: json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+        if labels.nunique() < 2:
             continue
-        others = [p for p in params if p != param and p in frame.columns]
-        keyed = frame.assign(**{o: frame[o].map(str) for o in others})
+        others = [p for p in params if p != param and p in rows.columns and rows[p].map(str).nunique() > 1]
+        keyed = rows.assign(**{o: rows[o].map(str) for o in others})
         groups = list(keyed.groupby(others, dropna=False)) if others else [((), keyed)]
         shown = metrics if len(groups) == 1 else metrics[:1]
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        if _is_numeric(frame[param]):
+        if _is_numeric(rows[param]):
             for key, sub in groups:
                 xs = pd.to_numeric(sub[param])
                 order = xs.argsort().to_numpy()
@@ -154,11 +171,11 @@ def plot_metric_vs_params(
                     label = m + (f" ({_series_label(others, key)})" if others else "")
                     ax.plot(xs.to_numpy()[order], sub[m].to_numpy()[order], marker="o", label=label)
         else:
-            cats = list(dict.fromkeys(labels.astype(str)))
+            cats = list(dict.fromkeys(labels))
             series = [(m, key, sub) for key, sub in groups for m in shown]
             width = 0.8 / max(len(series), 1)
             for i, (m, key, sub) in enumerate(series):
-                sub_labels = labels.loc[sub.index].astype(str)
+                sub_labels = labels.loc[sub.index]
                 heights = [float(sub[m][sub_labels == c].iloc[0]) if (sub_labels == c).any() else 0.0 for c in cats]
                 label = m + (f" ({_series_label(others, key)})" if others else "")
                 ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(cats))], heights, width, label=label)
@@ -371,7 +388,7 @@ def report(paths: Sequence[Path], out: Optional[Path] = None, plots: bool = True
         summary, summary_files = write_summary(payloads, runs, out, notes)
         written += summary_files
         if plots:
-            swept = differing_config_keys(payloads) + sorted({k for p in payloads for k in p.get("grid_keys", [])})
+            swept = swept_keys(payloads)
             figures = plot_metric_vs_params(combined, swept, out, payloads)
             written += figures
             written.append(write_sweep_page(out, payloads, runs, combined, summary, figures))

@@ -45,13 +45,34 @@ def test_report_page_loads_every_image_without_console_errors(tmp_path):
     run = tmp_path / "run"
     run_with_overrides(["model=tiny", "dataset=synthetic", "dataset.n_images=2", "method.extract.image_size=128",
                         "run.progress=false", "method=diffseg", "method.grid.kl_threshold=[0.9,1.1]"], run)
-    page = run / "report.html"
+    _check_page(run / "report.html", run / "report_screenshot.png", tmp_path, min_images=4)  # 2 plots + 2 examples
+
+
+@pytest.mark.slow
+@pytest.mark.run_report
+@pytest.mark.skipif(CHROMIUM is None, reason="headless browser test needs Debian's chromium package "
+                                             "(apt-get install chromium; .ci/run installs it)")
+def test_sweep_page_of_two_methods_loads_in_the_browser(tmp_path):
+    from benchmark.compose import run_with_overrides
+    from benchmark.report import report
+
+    base = ["model=tiny", "dataset=synthetic", "dataset.n_images=1", "method.extract.image_size=128", "run.progress=false"]
+    run_with_overrides(base + ["method=diffseg"], tmp_path / "diffseg")
+    run_with_overrides(base + ["method=kmeans", "method.grid.k=[2,4]"], tmp_path / "kmeans")
+    out = tmp_path / "all"
+    result = report([tmp_path / "diffseg", tmp_path / "kmeans"], out=out)
+    assert sorted(result["summary"]["settings"]) == ["", "k=2", "k=4"]
+    page = out / "report.html"
+    assert "Summary (headline metric, method × dataset)" in page.read_text()
+    _check_page(page, out / "report_screenshot.png", tmp_path, min_images=3)  # plot_k + 2 example figures
+
+
+def _check_page(page: Path, shot: Path, tmp_path: Path, min_images: int) -> None:
     html = page.read_text()
     n_images = len(re.findall(r"<img ", html))
-    assert n_images >= 4  # 2 plots + 2 example figures
+    assert n_images >= min_images
 
-    # the page as written: nothing on the console, a screenshot under the run directory
-    shot = run / "report_screenshot.png"
+    # the page as written: nothing on the console, a screenshot beside it
     proc = _chromium([f"--screenshot={shot}", "--window-size=1280,2000", page.resolve().as_uri()], tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert console_messages(proc.stderr) == []
