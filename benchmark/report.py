@@ -392,7 +392,7 @@ def report(paths: Sequence[Path], out: Optional[Path] = None, plots: bool = True
             figures = plot_metric_vs_params(combined, swept, out, payloads)
             written += figures
             written.append(write_sweep_page(out, payloads, runs, combined, summary, figures))
-    return {"runs": runs, "combined": combined, "summary": summary, "written": written, "payloads": payloads}
+    return {"runs": runs, "combined": combined, "summary": summary, "written": written, "payloads": payloads, "out": out}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -403,7 +403,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     result = report(args.paths, args.out, plots=not args.no_plots)
     if result["summary"] is not None:
-        print(to_markdown(result["summary"]))
+        print((result["out"] / "summary.md").read_text(encoding="utf-8"))
     else:
         print(to_markdown(results_frame(result["payloads"][0]), notes_for(result["payloads"][0])))
     for p in result["written"]:

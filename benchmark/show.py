@@ -293,7 +293,10 @@ def show(image: str, overrides: Sequence[str] = (), out: Optional[Path] = None, 
     from benchmark.runner import RANDOM_WEIGHT_MODELS, Runner
     from methods.attention_ops import standard_self_resolutions
 
-    cfg = compose_config(list(overrides))
+    try:
+        cfg = compose_config(list(overrides))
+    except Exception as err:  # noqa: BLE001 - Hydra's override / composition errors name the key
+        raise ShowError(f"benchmark.show: {err}") from None
     runner = Runner(cfg, Path(out) if out else Path("outputs/show"))  # validates the config
     v = runner.v
     method_cls = v.method.cls
@@ -451,9 +454,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value")
+    from benchmark.config import ConfigError
+
     try:
         result = show(args.image, overrides, args.out, args.points, args.prompt, args.words)
-    except ShowError as err:
+    except (ShowError, ConfigError) as err:
         print(f"Error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     for p in result["written"]:
