@@ -110,6 +110,11 @@ def _hydra_entry() -> None:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in args or "-h" in args:  # every key with its schema description (benchmark/help.py)
+        from benchmark.help import print_help
+
+        print_help([a for a in args if a not in ("--help", "-h", "-m", "--multirun")])
+        return
     sys.argv = [sys.argv[0]] + prepare_argv(args)
     logging.getLogger("benchmark").setLevel(logging.INFO)
     register_plugin_configs()

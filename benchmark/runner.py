@@ -33,7 +33,8 @@ RANDOM_WEIGHT_MODELS = ("tiny",)
 
 @dataclass
 class Example:
-    """A qualitative example kept for loggers and reports (first grid point)."""
+    """A qualitative example kept for loggers (first grid point; the report reads every
+    grid point's prediction from ``examples/``)."""
 
     image_id: str
     image: torch.Tensor
@@ -50,14 +51,17 @@ class RunOutcome:
     passes_this_run: int = 0
 
 
-def save_example(out_dir: Path, ex: Example) -> None:
-    """image / label / prediction PNGs for reports (ids kept as values, mod 256)."""
+def save_example(out_dir: Path, ex: Example, preds: Sequence[torch.Tensor] = ()) -> None:
+    """``<id>_image.png`` (RGB), ``<id>_label.png`` (8-bit class ids, 255 ignored) and one
+    16-bit ``<id>_pred_<j>.png`` per grid point j (``preds``; default: ``ex.pred`` as point 0),
+    read back by the report's example figures."""
     from PIL import Image
 
     out_dir.mkdir(parents=True, exist_ok=True)
     Image.fromarray(ex.image.permute(1, 2, 0).cpu().numpy()).save(out_dir / f"{ex.image_id}_image.png")
-    for name, arr in (("label", ex.label), ("pred", ex.pred)):
-        Image.fromarray((arr.cpu().numpy() % 256).astype(np.uint8), mode="L").save(out_dir / f"{ex.image_id}_{name}.png")
+    Image.fromarray(ex.label.cpu().numpy().clip(0, 255).astype(np.uint8), mode="L").save(out_dir / f"{ex.image_id}_label.png")
+    for j, pred in enumerate(preds or [ex.pred]):
+        Image.fromarray(pred.cpu().numpy().clip(0, 65535).astype(np.uint16)).save(out_dir / f"{ex.image_id}_pred_{j}.png")
 
 
 def seed_everything(seed: int) -> None:
@@ -276,6 +280,8 @@ class Runner:
 
     def _score(self, sample: Sample, ctx: SegmentContext, attn, n_passes: int, examples: List[Example]) -> ImageRecord:
         record = ImageRecord(sample.image_id, "ok", passes=n_passes)
+        keep = len(examples) < self.v.run.n_examples
+        kept: List[torch.Tensor] = []  # every grid point's prediction of a kept example
         for j, params in enumerate(self.v.method.points):
             pred = self.method.segment(attn, ctx, params)
             if tuple(pred.shape[-2:]) != ctx.out_size:
@@ -287,11 +293,13 @@ class Runner:
             counts = self.metric.counts(pred, sample.label, sample.image_id)
             record.counts.append({k: sparse(a) for k, a in counts.items()})
             record.n_pred.append(int(torch.unique(pred).numel()))
-            if j == 0 and len(examples) < self.v.run.n_examples:
-                example = Example(sample.image_id, sample.image, sample.label, pred)
-                examples.append(example)
-                if self.rank == 0:
-                    save_example(self.run_dir / "examples", example)
+            if keep:
+                kept.append(pred)
+        if keep:
+            example = Example(sample.image_id, sample.image, sample.label, kept[0])
+            examples.append(example)
+            if self.rank == 0:
+                save_example(self.run_dir / "examples", example, kept)
         return record
 
     # -- results -----------------------------------------------------------------------------
@@ -395,6 +403,17 @@ def print_summary(outcome: RunOutcome) -> None:
         print("NOTE: PIPELINE CHECK ONLY: random-weight model; these numbers are not segmentation results.")
 
 
+def write_report(run_dir: Path) -> None:
+    """Figures and report.html of a finished run (``run.report``); a plotting failure is
+    logged, never fatal: the results are already written."""
+    from benchmark.report import report
+
+    try:
+        report([run_dir], out=run_dir, plots=True)
+    except Exception as err:  # noqa: BLE001 - the numbers are safe on disk; say what failed
+        log.error("run.report: could not write the figures / report.html of %s: %s: %s", run_dir, type(err).__name__, err)
+
+
 def run_benchmark(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     """Run one job (no Hydra needed: tests and scripts call this with a composed config)."""
     from benchmark.loggers import make_logger
@@ -407,6 +426,8 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     try:
         logger.start(OmegaConf.to_container(cfg, resolve=True), runner.v)
         outcome = runner.run()
+        if runner.rank == 0 and runner.v.run.report:
+            write_report(outcome.run_dir)
         logger.log_outcome(outcome)
         failed = False
         return outcome

@@ -57,3 +57,6 @@ class RunConfig:
     seed: int = 0
     #: number of qualitative examples kept for loggers / reports
     n_examples: int = 4
+    #: at the end of the run write its figures (metric vs grid axes, per-class IoU, one
+    #: overlay figure per example) and a self-contained report.html into the run directory
+    report: bool = True

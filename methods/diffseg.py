@@ -136,12 +136,20 @@ class DiffSeg(Method):
         # all four sides: the capture returns those that exist; zero-weight sides are skipped
         return AttentionRequest(self_resolutions=standard_self_resolutions(self.image_size))
 
-    def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: DiffSegParams) -> torch.Tensor:
+    def proposals_by_iteration(self, attn: AttentionMaps, params: DiffSegParams) -> Tuple[int, List[torch.Tensor]]:
+        """(n, proposals after each merge iteration): (M_k, n²) float64 tensors for
+        iterations 0..merge_iterations−1 at attention side n; [] when no anchor map is free
+        of zeros (iteration 0 yields nothing). ``benchmark.show`` draws them."""
         taus = params.thresholds()
         first = self._iteration0(attn, params)
         side = math.isqrt(first.aggregated.shape[0])
         proposals = merge_anchors(first.aggregated, first.distances, first.usable, taus[0], params.fp16_first_iteration)
-        if proposals is None:
+        return side, ([] if proposals is None else merge_history(proposals, taus[1:]))
+
+    def segment(self, attn: AttentionMaps, ctx: SegmentContext, params: DiffSegParams) -> torch.Tensor:
+        side, history = self.proposals_by_iteration(attn, params)
+        first = self._iteration0(attn, params)  # memoised: the same object as above
+        if not history:
             # every anchor map has a zero entry (fp16 underflow of very peaked attention):
             # the official code crashes here; one segment keeps the image scoreable
             warnings.warn(
@@ -151,8 +159,7 @@ class DiffSeg(Method):
                 RuntimeWarning,
             )
             return torch.zeros(ctx.out_size, dtype=torch.long, device=first.aggregated.device)
-        for tau in taus[1:]:
-            proposals = merge_proposals(proposals, tau)
+        proposals = history[-1]
         if params.refine:
             proposals = refine_proposals(first.aggregated, proposals, params.refine_max_iter, params.refine_tol)
         return upsample_argmax(proposals.view(-1, side, side), ctx.out_size, params.upsample)
@@ -264,6 +271,15 @@ def merge_proposals(proposals: torch.Tensor, tau: float) -> torch.Tensor:
         raise RuntimeError("DiffSeg: every proposal has a zero entry; nothing left to merge")
     membership = torch.from_numpy(np.stack(groups)).to(device=proposals.device, dtype=proposals.dtype)
     return (membership @ proposals) / membership.sum(1, keepdim=True)
+
+
+def merge_history(proposals: torch.Tensor, taus: Sequence[float]) -> List[torch.Tensor]:
+    """The proposals after iteration 0 (``proposals``) and after each later merge
+    iteration with threshold ``taus[i]``: a list of len(taus) + 1 tensors (M_k, n²)."""
+    history = [proposals]
+    for tau in taus:
+        history.append(merge_proposals(history[-1], tau))
+    return history
 
 
 def refine_proposals(aggregated: torch.Tensor, proposals: torch.Tensor, max_iter: int, tol: float) -> torch.Tensor:

@@ -26,3 +26,14 @@ def tiny_model():
     from benchmark.models import ModelConfig, load_model
 
     return load_model(ModelConfig(name="tiny", path=None, device="cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _no_run_report(request, monkeypatch):
+    """In-process runs skip their end-of-run figures and report.html (several seconds of
+    matplotlib each on a busy CPU) unless the test is marked ``run_report``; the tests of
+    the report itself (tests/test_visualize.py) and subprocess runs keep them."""
+    if request.node.get_closest_marker("run_report") is None:
+        import benchmark.runner
+
+        monkeypatch.setattr(benchmark.runner, "write_report", lambda run_dir: None)

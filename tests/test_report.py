@@ -52,6 +52,13 @@ def test_multirun_times_grid_gives_one_combined_table_and_resumes(tmp_path):
     pngs = [p for p in result["written"] if p.suffix == ".png"]
     assert any(p.name == "plot_kl_threshold.png" for p in pngs)
     assert any(p.name == "plot_method_extract_timestep.png" for p in pngs)
-    assert any(p.name == "plot_examples.png" for p in pngs)
+    assert any(p.name.startswith("figure_synthetic_") and p.parent.name == "examples" for p in pngs)
     for p in pngs:
         assert p.stat().st_size > 5000, p  # a real figure, not an empty canvas
+    # every job has its own page, the sweep a page and a method x dataset summary
+    assert (sweep / "report.html").is_file() and all((d / "report.html").is_file() for d in sweep.glob("[0-9]"))
+    summary = pd.read_csv(sweep / "summary.csv")
+    assert list(summary.columns) == ["method", "settings", "synthetic"]
+    assert sorted(summary["settings"]) == sorted(
+        f"timestep={t}, kl_threshold={k}" for t in (100, 300) for k in ("0.9", "1", "1.1"))
+    assert len(pd.read_csv(sweep / "summary_long.csv")) == 6

@@ -140,19 +140,29 @@ class HungarianImage(Metric):
         c = self.num_classes
         return {"tp": (c,), "fp": (c,), "fn": (c,), "valid": (1,)}
 
+    @staticmethod
+    def match_segments(
+        pred_flat: np.ndarray, label_flat: np.ndarray, num_classes: int, ignore_index: int = 255, image_id: str = ""
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """This image's match: (classes, segments, H, n_valid) with segment ``segments[i]``
+        matched to class ``classes[i]`` (every class gets one column of H (C, P), see the
+        class docstring); reports colour predictions with the same match as the counts."""
+        check_pred_range(pred_flat, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
+        n_cols = max(num_classes, int(pred_flat.max()) + 1 if pred_flat.size else 0)
+        pred_v, label_v = valid_pixels(pred_flat, label_flat, num_classes, ignore_index, image_id)
+        hist = joint_histogram(label_v, pred_v, num_classes, n_cols)
+        rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C) since C <= P
+        return rows, cols, hist, int(label_v.size)
+
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
-        check_pred_range(pred_flat, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
-        n_cols = max(self.num_classes, int(pred_flat.max()) + 1 if pred_flat.size else 0)
-        pred_v, label_v = valid_pixels(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
-        hist = joint_histogram(label_v, pred_v, self.num_classes, n_cols)
-        rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C) since C <= P
+        rows, cols, hist, n_valid = self.match_segments(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
         tp = hist[rows, cols]
         return {
             "tp": tp,
             "fp": hist.sum(axis=0)[cols] - tp,
             "fn": hist.sum(axis=1)[rows] - tp,
-            "valid": np.array([label_v.size], dtype=np.int64),
+            "valid": np.array([n_valid], dtype=np.int64),
         }
 
     def compute(self, state: Mapping[str, np.ndarray]) -> Dict[str, Any]:

@@ -1,0 +1,113 @@
+"""``python -m benchmark [overrides] --help``: every config key with its value and its
+one-line description, read from the config schemas (the ``#:`` comment above each field
+of the dataclasses that ``benchmark.config`` validates against).
+
+The keys shown are those of the config composed with the given overrides, so
+``python -m benchmark method=seediff --help`` lists SeeDiff's keys.
+"""
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import textwrap
+from typing import Any, Dict, List, Optional, Sequence
+
+_FIELD = re.compile(r"^\s+([A-Za-z_]\w*)\s*:\s*[^=]")
+_DOC = re.compile(r"^\s*#:\s?(.*)$")
+
+
+def field_docs(schema: type) -> Dict[str, str]:
+    """Field name -> description (the ``#:`` lines right above it, joined) of a dataclass
+    and its bases; the nearest class's description wins."""
+    docs: Dict[str, str] = {}
+    for cls in reversed([c for c in inspect.getmro(schema) if c is not object]):
+        try:
+            lines = inspect.getsource(cls).splitlines()
+        except (OSError, TypeError):
+            continue
+        pending: List[str] = []
+        for line in lines[1:]:
+            doc = _DOC.match(line)
+            if doc:
+                pending.append(doc.group(1).strip())
+                continue
+            field = _FIELD.match(line)
+            if field and pending:
+                docs[field.group(1)] = " ".join(pending)
+            if line.strip():
+                pending = []
+    return docs
+
+
+def key_docs(validated: Any) -> Dict[str, str]:
+    """Dotted config key -> description for every section of a validated config."""
+    from benchmark.config import LoggerConfig
+    from benchmark.schema import CacheConfig, ExtractionConfig, RunConfig
+
+    sections = {
+        "dataset": [type(validated.dataset)],
+        "model": [type(validated.model)],
+        "method": [validated.method.cls.Params, validated.method.cls.Settings],
+        "method.extract": [ExtractionConfig],
+        "metric": [validated.metric.cls.Params],
+        "logger": [LoggerConfig],
+        "run": [RunConfig],
+        "cache": [CacheConfig],
+    }
+    out: Dict[str, str] = {}
+    for prefix, schemas in sections.items():
+        for schema in schemas:
+            for name, doc in field_docs(schema).items():
+                out[f"{prefix}.{name}"] = doc
+    out.setdefault("method.grid", "in-run grid: key -> list of values, all scored on the same diffusion pass")
+    out.setdefault("reference", "experiments: {method, dataset[, metric]} whose published numbers are shown beside measured")
+    return out
+
+
+def _flat(node: Any, prefix: str = "") -> List[tuple]:
+    if isinstance(node, dict) and node:
+        out = []
+        for k, v in node.items():
+            out += _flat(v, f"{prefix}{k}.")
+        return out
+    return [(prefix[:-1], node)]
+
+
+def help_text(overrides: Sequence[str] = (), width: int = 100) -> str:
+    from omegaconf import OmegaConf
+
+    from benchmark.__main__ import CONF_DIR, GROUPS, group_options
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+
+    cfg = compose_config(list(overrides))
+    docs = key_docs(validate(cfg))
+    help_cfg = OmegaConf.load(CONF_DIR / "config.yaml").hydra.help
+    lines = [str(help_cfg.header).rstrip(), "", "== Config groups (choose with group=option) =="]
+    for group in GROUPS:
+        lines.append(f"{group}: {', '.join(group_options(group))}")
+    lines += ["", "== Keys (override with key=value; the values composed from the given overrides) =="]
+    plain = OmegaConf.to_container(cfg, resolve=False)
+    for key, value in _flat({k: v for k, v in plain.items() if k != "hydra"}):
+        shown = "null" if value is None else str(value)
+        lines.append(f"{key} = {shown}")
+        doc = docs.get(key)
+        if doc:
+            lines += textwrap.wrap(doc, width=width, initial_indent="    ", subsequent_indent="    ")
+    lines += ["", str(help_cfg.footer).rstrip()]
+    return "\n".join(lines) + "\n"
+
+
+def print_help(overrides: Sequence[str] = ()) -> None:
+    """Print :func:`help_text`; a bad override prints its error instead (exit status 2)."""
+    try:
+        text = help_text(overrides)
+    except Exception as err:  # noqa: BLE001 - a config error of the overrides: say it, no traceback
+        print(f"Error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    sys.stdout.write(text)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    print_help(list(sys.argv[1:] if argv is None else argv))
