@@ -42,6 +42,9 @@ class AttentionRequest:
     cross_resolutions: Tuple[int, ...] = ()
     self_layers: str = "all"
     cross_layers: str = "all"
+    #: block outputs to capture in the same pass (``benchmark.attention.features``: an
+    #: alias such as "last_down_attn1" or a UNet module path)
+    features: Tuple[str, ...] = ()
 
     def union(self, other: "AttentionRequest") -> "AttentionRequest":
         if (self.self_layers, self.cross_layers) != (other.self_layers, other.cross_layers):
@@ -55,11 +58,12 @@ class AttentionRequest:
             tuple(sorted(set(self.cross_resolutions) | set(other.cross_resolutions), reverse=True)),
             self.self_layers,
             self.cross_layers,
+            tuple(dict.fromkeys(tuple(self.features) + tuple(other.features))),
         )
 
     @property
     def empty(self) -> bool:
-        return not self.self_resolutions and not self.cross_resolutions
+        return not self.self_resolutions and not self.cross_resolutions and not self.features
 
 
 @dataclass(frozen=True)
@@ -87,12 +91,15 @@ class AttentionMaps:
     cross_attn[r]: float32 (P, r*r, T)    T = 77 text positions (or the requested columns);
                    rows sum to 1 over all 77 positions before any column selection.
     token_positions[p]: indices (into the 77 positions) of ``queries[p].word``'s sub-tokens.
+    features[name]: float32 (G, N, C) output of a requested block (``AttentionRequest.features``),
+                   N tokens (side² of its grid) x C channels, same groups G as self_attn.
     """
 
     self_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
     cross_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
     queries: List[PromptQuery] = field(default_factory=list)
     token_positions: List[List[int]] = field(default_factory=list)
+    features: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "AttentionMaps":
         return AttentionMaps(
@@ -100,6 +107,7 @@ class AttentionMaps:
             {r: a.to(device) for r, a in self.cross_attn.items()},
             list(self.queries),
             [list(p) for p in self.token_positions],
+            {n: f.to(device) for n, f in self.features.items()},
         )
 
 

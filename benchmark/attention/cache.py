@@ -5,7 +5,7 @@ fingerprint, dtype, extraction settings, prompts, request, image id) plus
 ``CAPTURE_VERSION``, so a changed capture invalidates old entries by itself.
 
 File: ``<root>/<key[:2]>/<key>.safetensors`` holding ``self.<side>`` / ``cross.<side>``
-tensors in the storage dtype (float16 by default: 32 MiB per image for the 64x64
+/ ``feature.<name>`` (block outputs, stored and restored without renormalisation) tensors in the storage dtype (float16 by default: 32 MiB per image for the 64x64
 self-attention) and, in the header metadata, the queries, token positions and a SHA-256 of
 the tensor bytes. Writes go to a temporary file in the same folder, are fsynced and
 ``os.replace``d: readers see the old file, the new one or none, never a partial one, and
@@ -116,6 +116,7 @@ class AttentionCache:
             {side: _restored(a.detach().to(storage)) for side, a in maps.cross_attn.items()},
             list(maps.queries),
             [list(p) for p in maps.token_positions],
+            {name: f.detach().to(storage).float() for name, f in maps.features.items()},
         )
 
     # -- write --------------------------------------------------------------------------
@@ -126,6 +127,7 @@ class AttentionCache:
         storage = STORAGE_DTYPES[self.dtype]
         tensors = {f"self.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.self_attn.items()}
         tensors.update({f"cross.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.cross_attn.items()})
+        tensors.update({f"feature.{name}": f.detach().to("cpu", storage).contiguous() for name, f in maps.features.items()})
         metadata = {
             "format": FORMAT,
             "capture_version": CAPTURE_VERSION,
@@ -198,8 +200,11 @@ class AttentionCache:
             raise CorruptCacheFile(f"bad metadata: {err}") from None
         maps = AttentionMaps({}, {}, queries, positions)
         for name, tensor in tensors.items():
-            kind, side = name.split(".")
-            (maps.self_attn if kind == "self" else maps.cross_attn)[int(side)] = _restored(tensor)
+            kind, rest = name.split(".", 1)
+            if kind == "feature":  # block outputs: no row renormalisation
+                maps.features[rest] = tensor.float()
+                continue
+            (maps.self_attn if kind == "self" else maps.cross_attn)[int(rest)] = _restored(tensor)
         maps.self_attn = dict(sorted(maps.self_attn.items(), reverse=True))
         maps.cross_attn = dict(sorted(maps.cross_attn.items(), reverse=True))
         return maps
@@ -208,4 +213,4 @@ class AttentionCache:
     def nbytes(maps: AttentionMaps, dtype: str = "float16") -> int:
         """Tensor bytes one image's maps take in ``dtype`` (the file adds a small header)."""
         itemsize = torch.empty(0, dtype=STORAGE_DTYPES[dtype]).element_size()
-        return itemsize * sum(a.numel() for d in (maps.self_attn, maps.cross_attn) for a in d.values())
+        return itemsize * sum(a.numel() for d in (maps.self_attn, maps.cross_attn, maps.features) for a in d.values())

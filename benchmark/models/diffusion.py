@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attention.capture import AttentionCapture
+from benchmark.attention.features import FeatureCapture
 from benchmark.schema import ExtractionConfig
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery
 
@@ -224,18 +225,22 @@ class DiffusionModel:
         """``request`` restricted to the sides where this UNet has attention layers.
 
         Methods ask for the SD sides of their image size and read the sides that were
-        captured (``AttentionMaps.self_attn`` keys); a kind whose requested sides all lie
-        where the model has no attention fails here, naming the sides it has.
+        captured (``AttentionMaps.self_attn`` keys): a side of the UNet's grid levels where
+        this UNet has no attention (SDXL's first stage) is left out. A side that is no grid
+        level of this latent, or a kind whose requested sides all lack attention, fails
+        here, naming the sides the model has.
         """
+        levels = {latent_side >> i for i in range(len(self.unet.config.block_out_channels))}
         available = set(self.attention_sides(latent_side))
         fitted = {}
         for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
+            impossible = sorted(set(sides) - levels, reverse=True)
             kept = tuple(s for s in sides if s in available)
-            if sides and not kept:
+            if impossible or (sides and not kept):
                 raise ValueError(
-                    f"{kind}-attention resolution(s) {sorted(sides, reverse=True)} requested, but model {self.model_id!r} "
-                    f"with a {latent_side}x{latent_side} latent (image_size {latent_side * self.vae_scale_factor}) has "
-                    f"attention only at {sorted(available, reverse=True)}"
+                    f"{kind}-attention resolution(s) {impossible or sorted(sides, reverse=True)} requested, but model "
+                    f"{self.model_id!r} with a {latent_side}x{latent_side} latent (image_size "
+                    f"{latent_side * self.vae_scale_factor}) has attention at {sorted(available, reverse=True)}"
                 )
             fitted[kind] = kept
         return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
@@ -369,16 +374,20 @@ class DiffusionModel:
         self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
         flat = [q for qs in queries for q in qs]
         embeddings = self.encode_queries(flat)
+        n_self_groups = int(self_groups.max()) + 1
+        # block outputs are hooked in the same pass, grouped like self-attention
         with AttentionCapture(
             self.unet, request, self_groups, self.chunk_size, cross_groups=prompt_rows,
-            n_groups=int(self_groups.max()) + 1, n_cross_groups=int(prompt_rows.numel()),
-        ) as capture:
+            n_groups=n_self_groups, n_cross_groups=int(prompt_rows.numel()),
+        ) as capture, FeatureCapture(self.unet, request.features, self_groups[:0], n_self_groups) as features:
             for start in range(0, int(prompt_rows.numel()), self.max_batch):
                 rows = slice(start, start + self.max_batch)
                 capture.set_groups(self_groups[rows], prompt_rows[rows])
+                features.set_groups(self_groups[rows])
                 images_of_rows = image_of_row[rows].to(self.device)
                 self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows], [q.text for q in flat[rows]])
         self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
+        feature_maps = features.result()
 
         out, first = [], 0
         for i, qs in enumerate(queries):
@@ -390,6 +399,7 @@ class DiffusionModel:
                     {r: _own(a, prompts) for r, a in cross_maps.items()},
                     list(qs),
                     positions[i],
+                    {n: _own(f, groups) for n, f in feature_maps.items()},
                 )
             )
             first += len(qs)
