@@ -26,3 +26,11 @@ def tiny_model():
     from benchmark.models import ModelConfig, load_model
 
     return load_model(ModelConfig(name="tiny", path=None, device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_model():
+    """The tiny random-weight SDXL (``model=tiny_sdxl``), built once per session (read-only, like ``tiny_model``)."""
+    from benchmark.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="tiny_sdxl", path=None, device="cpu"))

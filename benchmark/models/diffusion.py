@@ -230,7 +230,8 @@ class DiffusionModel:
         level of this latent, or a kind whose requested sides all lack attention, fails
         here, naming the sides the model has.
         """
-        levels = {latent_side >> i for i in range(len(self.unet.config.block_out_channels))}
+        # latent / 2**i: the grids a UNet of any depth could have (SD: 4 levels, SDXL: 3)
+        levels = {latent_side >> i for i in range(latent_side.bit_length())}
         available = set(self.attention_sides(latent_side))
         fitted = {}
         for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
