@@ -22,6 +22,7 @@ METHODS: Dict[str, str] = {
     "ca_sa": "methods.attention_baselines:CrossSelfAttention",
     "seediff": "methods.seediff:SeeDiff",
     "seediff_code": "methods.seediff:SeeDiffCode",
+    "diffcut": "methods.diffcut:DiffCut",
 }
 
 

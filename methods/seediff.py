@@ -416,19 +416,21 @@ def _neighbours(x: torch.Tensor, dilations: Sequence[int], centre: bool) -> torc
     return torch.stack(out, 1)
 
 
-def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,)) -> torch.Tensor:
+def pamr(
+    image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,), std_factor: float = 0.2
+) -> torch.Tensor:
     """Refine masks (C, H, W) by ``iterations`` steps of local colour-affinity averaging.
 
     image: (3, H, W) float (any scale; the affinity is normalised by the local std).
     Affinity to each neighbour j of pixel i: softmax_j(mean_channels(−|x_i − x_j| /
     (1e-8 + 0.2 σ_i))), σ_i = std of the 3×3 neighbourhood per channel (as the reference
     implementation); each step replaces a mask value by the affinity-weighted mean of its
-    neighbours.
+    neighbours. ``std_factor`` replaces the 0.2 (DiffCut tools/pamr.py PAMR.forward: 0.1).
     """
     x = image.float()
     std = _neighbours(x, dilations, centre=True).std(1, keepdim=True)  # (3, 1, H, W)
     diff = (x.unsqueeze(1) - _neighbours(x, dilations, centre=False)).abs()  # (3, K, H, W)
-    affinity = torch.softmax((-diff / (1e-8 + 0.2 * std)).mean(0), dim=0)  # (K, H, W)
+    affinity = torch.softmax((-diff / (1e-8 + std_factor * std)).mean(0), dim=0)  # (K, H, W)
     out = masks.float()
     height, width = out.shape[-2:]
     shifts = [(d, dy, dx) for d in dilations for dy, dx in _OFFSETS]  # the order of ``affinity``
