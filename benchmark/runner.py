@@ -28,7 +28,7 @@ from benchmark.types import AttentionMaps, Sample, SegmentContext
 
 log = logging.getLogger("benchmark")
 
-RANDOM_WEIGHT_MODELS = ("tiny",)
+RANDOM_WEIGHT_MODELS = ("tiny", "tiny_sdxl")  # benchmark.models.config.TINY_NAMES
 
 
 @dataclass
