@@ -174,6 +174,7 @@ class Runner:
             from benchmark.models import LazyModel
 
             model = LazyModel(v.model)  # weights load on the first cache miss
+            model.check_request(self.request, v.method.extract.image_size)  # what the model lacks fails now
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 

@@ -64,9 +64,25 @@ METHODS = ["diffseg", "kmeans", "diffsegmenter", "ca", "ca_sa", "seediff", "diff
 @pytest.mark.parametrize("model", ["tiny", "tiny_sdxl"])
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_runs_on_tiny_sd_and_tiny_sdxl(model, method, tmp_path):
+    # 128 px for the tiny SD (grids 16..2, like 512 px for SD), 256 px for the tiny SDXL
+    # (grids 16 and 8, like 1024 px for SDXL)
+    size = 128 if model == "tiny" else 256
     args = [f"model={model}", f"method={method}", "dataset=synthetic", "dataset.n_images=1", "run.progress=false",
-            "method.extract.image_size=128"]
+            f"method.extract.image_size={size}"]
     if method in ("diffsegmenter", "ca", "ca_sa", "seediff"):
         args.append("method.candidates=gt")
+    if method == "seediff" and model == "tiny_sdxl":
+        # SeeDiff's default expansion reads latent/4, /2 and /1; the SDXL family has no
+        # attention at the latent side: name the sides it has
+        args.append("method.sa_resolutions=[8,16]")
     out = run_with_overrides(args, tmp_path / "run")
     assert out.payload["n_images"] == 1 and out.payload["random_weights"] is True
+
+
+def test_seediff_default_sides_on_tiny_sdxl_fail_naming_the_captured_sides(tmp_path):
+    from benchmark.runner import run_benchmark
+
+    args = ["model=tiny_sdxl", "method=seediff", "dataset=synthetic", "dataset.n_images=1", "run.progress=false",
+            "method.extract.image_size=256", "method.candidates=gt"]
+    with pytest.raises(Exception, match=r"sides \[32\] were not captured \(captured: \[8, 16\]\)"):
+        run_benchmark(compose_config(args), tmp_path / "run")

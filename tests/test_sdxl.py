@@ -101,8 +101,12 @@ def test_sdxl_capture_reads_the_sides_the_model_has(tiny_sdxl_model):
     assert sorted(maps.self_attn) == [4, 8] and sorted(maps.cross_attn) == [4, 8]
     assert maps.self_attn[8].shape == (1, 64, 64) and maps.cross_attn[4].shape == (1, 16, 77)
     torch.testing.assert_close(maps.self_attn[8].sum(-1), torch.ones(1, 64))
-    with pytest.raises(ValueError, match=r"has attention at \[8, 4\]"):
-        model.capture([image], [[PromptQuery("")]], AttentionRequest((16,)), EXTRACT)
+    with pytest.raises(ValueError, match=r"resolution\(s\) \[2\] requested.*has attention at \[8, 4\]"):
+        model.capture([image], [[PromptQuery("")]], AttentionRequest((2,)), EXTRACT)
+    # the latent side (an SD UNet's finest grid) is served by the finest grid the model has
+    finest = model.capture([image], [[PromptQuery("a photo of a dog", "dog")]], AttentionRequest((16,)), EXTRACT)[0]
+    assert sorted(finest.self_attn) == [8]
+    torch.testing.assert_close(finest.self_attn[8], maps.self_attn[8])
 
 
 def test_feature_capture_equals_hooked_block_output_in_the_same_pass(tiny_sdxl_model):
@@ -174,3 +178,21 @@ def test_sdxl_folder_round_trip_loads_both_encoders(tmp_path):
     shutil.rmtree(folder / "tokenizer_2")
     with pytest.raises(Exception, match="tokenizer_2"):
         load_model(ModelConfig(name="local_xl", path=str(folder), device="cpu"))
+
+
+def test_start_up_check_names_what_the_model_lacks(tmp_path):
+    from benchmark.models import ModelConfig
+    from benchmark.models.loading import LazyModel
+    from benchmark.models.tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "xl", name="tiny_sdxl")
+    lazy = LazyModel(ModelConfig(name="local_xl", path=str(folder), device="cpu"))
+    assert not lazy.loaded
+    lazy.check_request(AttentionRequest((32, 16, 8, 4), features=("last_down_attn1",)), 256)  # serves 16 and 8
+    with pytest.raises(ValueError, match=r"resolution\(s\) \[2\] requested.*'local_xl'.*has attention at \[8, 4\]"):
+        lazy.check_request(AttentionRequest((2,)), 128)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        lazy.check_request(AttentionRequest((8,)), 100)
+    with pytest.raises(ValueError, match="'mid_block.attn9' is neither an alias"):
+        lazy.check_request(AttentionRequest(features=("mid_block.attn9",)), 256)
+    assert not lazy.loaded  # checked from the folder's config files only

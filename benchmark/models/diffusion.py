@@ -60,6 +60,53 @@ def _own(maps: torch.Tensor, part: slice) -> torch.Tensor:
     return view if view.numel() == maps.numel() else view.clone()
 
 
+def attention_sides(unet_config, latent_side: int) -> List[int]:
+    """Sides of the attention grids of a UNet (its diffusers config) for a ``latent_side`` latent, largest first.
+
+    A down/up block whose type has cross-attention (``CrossAttn*``) runs at
+    ``latent_side / 2**level``, the mid block at the lowest level. SD 1.x/2.x: 64/32/16/8
+    at 512 px; SDXL family: 64/32 at 1024 px (no attention in the first down stage).
+    """
+    levels = len(unet_config["block_out_channels"])
+    found = {latent_side >> i for i, kind in enumerate(unet_config["down_block_types"]) if "CrossAttn" in kind}
+    found |= {latent_side >> (levels - 1 - j) for j, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
+    mid = unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn")  # diffusers' default when absent
+    if mid and "CrossAttn" in str(mid):
+        found.add(latent_side >> (levels - 1))
+    return sorted((s for s in found if s >= 1), reverse=True)
+
+
+def fit_request(unet_config, request: AttentionRequest, latent_side: int, vae_factor: int, model_id: str) -> AttentionRequest:
+    """``request`` restricted to the sides where the UNet has attention layers.
+
+    Methods ask for the SD sides of their image size and read the sides that were
+    captured (``AttentionMaps.self_attn`` keys): a side of the UNet's grid levels where
+    this UNet has no attention (SDXL's first stage) is left out, except the latent side
+    itself (an SD UNet's finest grid, e.g. DiffSegmenter's SA64), which is served by the
+    finest attention grid the UNet has (latent / 2 for the SDXL family). A side that is no
+    grid level of this latent, or a kind whose requested sides all lack attention, fails
+    here, naming the sides the model has.
+    """
+    # latent / 2**i: the grids a UNet of any depth could have (SD: 4 levels, SDXL: 3)
+    levels = {latent_side >> i for i in range(latent_side.bit_length())}
+    available = set(attention_sides(unet_config, latent_side))
+    fitted = {}
+    for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
+        impossible = sorted(set(sides) - levels, reverse=True)
+        if latent_side in sides and latent_side not in available and available:
+            finest = max(available)
+            sides = tuple(dict.fromkeys(finest if s == latent_side else s for s in sides))
+        kept = tuple(s for s in sides if s in available)
+        if impossible or (sides and not kept):
+            raise ValueError(
+                f"{kind}-attention resolution(s) {impossible or sorted(sides, reverse=True)} requested, but model "
+                f"{model_id!r} with a {latent_side}x{latent_side} latent (image_size {latent_side * vae_factor}) "
+                f"has attention at {sorted(available, reverse=True)}"
+            )
+        fitted[kind] = kept
+    return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
+
+
 class DiffusionModel:
     """SD components on one device, with counters of the UNet work done.
 
@@ -206,45 +253,12 @@ class DiffusionModel:
         return size // self.vae_scale_factor
 
     def attention_sides(self, latent_side: int) -> List[int]:
-        """Sides of the attention grids this UNet has for a ``latent_side`` latent, largest first.
-
-        Read from the UNet config: a down/up block whose type has cross-attention
-        (``CrossAttn*``) runs at ``latent_side / 2**level``, the mid block at the lowest
-        level. SD 1.x/2.x: 64/32/16/8 at 512 px; SDXL family: 64/32 at 1024 px (no
-        attention in the first down stage).
-        """
-        config = self.unet.config
-        levels = len(config.block_out_channels)
-        found = {latent_side >> i for i, kind in enumerate(config.down_block_types) if "CrossAttn" in kind}
-        found |= {latent_side >> (levels - 1 - j) for j, kind in enumerate(config.up_block_types) if "CrossAttn" in kind}
-        if config.mid_block_type and "CrossAttn" in str(config.mid_block_type):
-            found.add(latent_side >> (levels - 1))
-        return sorted((s for s in found if s >= 1), reverse=True)
+        """Sides of this UNet's attention grids for a ``latent_side`` latent (``attention_sides``)."""
+        return attention_sides(self.unet.config, latent_side)
 
     def fit_request(self, request: AttentionRequest, latent_side: int) -> AttentionRequest:
-        """``request`` restricted to the sides where this UNet has attention layers.
-
-        Methods ask for the SD sides of their image size and read the sides that were
-        captured (``AttentionMaps.self_attn`` keys): a side of the UNet's grid levels where
-        this UNet has no attention (SDXL's first stage) is left out. A side that is no grid
-        level of this latent, or a kind whose requested sides all lack attention, fails
-        here, naming the sides the model has.
-        """
-        # latent / 2**i: the grids a UNet of any depth could have (SD: 4 levels, SDXL: 3)
-        levels = {latent_side >> i for i in range(latent_side.bit_length())}
-        available = set(self.attention_sides(latent_side))
-        fitted = {}
-        for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
-            impossible = sorted(set(sides) - levels, reverse=True)
-            kept = tuple(s for s in sides if s in available)
-            if impossible or (sides and not kept):
-                raise ValueError(
-                    f"{kind}-attention resolution(s) {impossible or sorted(sides, reverse=True)} requested, but model "
-                    f"{self.model_id!r} with a {latent_side}x{latent_side} latent (image_size "
-                    f"{latent_side * self.vae_scale_factor}) has attention at {sorted(available, reverse=True)}"
-                )
-            fitted[kind] = kept
-        return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
+        """``request`` restricted to this UNet's attention grids (``fit_request``)."""
+        return fit_request(self.unet.config, request, latent_side, self.vae_scale_factor, self.model_id)
 
     def check_resolutions(self, request: AttentionRequest, latent_side: int) -> None:
         """Fail before the pass when no requested resolution of a kind exists for this model and latent size."""

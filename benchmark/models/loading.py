@@ -245,6 +245,51 @@ class LazyModel:
     def loaded(self) -> bool:
         return self._model is not None
 
+    def _configs(self) -> Tuple[dict, dict]:
+        """(UNet config, VAE config) without loading weights (the folder's JSON files)."""
+        import json
+
+        if self._model is not None:
+            return dict(self._model.unet.config), dict(self._model.vae.config)
+        folder, _ = resolve_model_path(self.cfg)
+        configs = []
+        for component in ("unet", "vae"):
+            path = folder / component / "config.json"
+            try:
+                configs.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as err:
+                raise ModelNotFoundError(f"model {self.cfg.name!r}: cannot read {path}: {err}") from err
+        return configs[0], configs[1]
+
+    def check_request(self, request, image_size: int) -> None:
+        """Fail at start when this model cannot serve ``request`` at ``image_size`` px: the side
+        is not a multiple of the model's size multiple, no attention grid of a requested kind,
+        or a requested feature module that its UNet lacks (built on the meta device from the
+        config: no weights read). The message names what the model has."""
+        from benchmark.models.diffusion import fit_request
+
+        unet_config, vae_config = self._configs()
+        vae_factor = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+        multiple = vae_factor * 2 ** (len(unet_config["block_out_channels"]) - 1)
+        if image_size < multiple or image_size % multiple:
+            raise ValueError(
+                f"method.extract.image_size={image_size}: model {self.cfg.name!r} needs a positive multiple of {multiple} "
+                f"(VAE factor {vae_factor} x UNet downsampling)"
+            )
+        fit_request(unet_config, request, image_size // vae_factor, vae_factor, self.cfg.name)
+        if request.features:
+            from benchmark.attention.features import resolve_feature
+
+            if self._model is not None:
+                unet = self._model.unet
+            else:
+                from diffusers import UNet2DConditionModel
+
+                with torch.device("meta"):
+                    unet = UNet2DConditionModel.from_config(unet_config)
+            for name in request.features:
+                resolve_feature(unet, name)
+
     def get(self):
         """The ``DiffusionModel`` (loaded now if it was not yet)."""
         if self._model is None:
