@@ -164,3 +164,22 @@ def test_refinement_uses_pamr_and_keeps_shape():
         DiffCut().segment(AttentionMaps(), ctx, DiffCutParams())
     with pytest.raises(ValueError, match="method.tau"):
         DiffCutParams(tau=0)
+
+
+@pytest.mark.slow
+def test_speed_script_prints_diffcut_beside_diffseg(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "diffcut_speed.py"
+    spec = importlib.util.spec_from_file_location("diffcut_speed", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--repeats", "1", "--out", "48", "--side", "8", "--channels", "16", "--attn-side", "16",
+                        "--mask-size", "16"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split("  ")[0].strip(): line for line in lines[2:]}
+    assert any(k.startswith("diffcut (tau 0.5, alpha 10)") for k in rows)
+    assert any("PAMR + median" in k for k in rows) and any(k.startswith("diffseg") for k in rows)
+    for line in lines[2:]:
+        assert float(line[42:52]) > 0  # seconds per image

@@ -79,6 +79,7 @@ def test_every_method_runs_on_tiny_sd_and_tiny_sdxl(model, method, tmp_path):
     assert out.payload["n_images"] == 1 and out.payload["random_weights"] is True
 
 
+@pytest.mark.slow
 def test_seediff_default_sides_on_tiny_sdxl_fail_naming_the_captured_sides(tmp_path):
     from benchmark.runner import run_benchmark
 
