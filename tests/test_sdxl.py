@@ -196,3 +196,29 @@ def test_start_up_check_names_what_the_model_lacks(tmp_path):
     with pytest.raises(ValueError, match="'mid_block.attn9' is neither an alias"):
         lazy.check_request(AttentionRequest(features=("mid_block.attn9",)), 256)
     assert not lazy.loaded  # checked from the folder's config files only
+
+
+def test_sd2_768_layout_and_v_prediction_generation(tmp_path):
+    """SD 2.x at 768 px: attention at 96/48/24/12 for its 96x96 latent; a v-prediction
+    scheduler config is read from the folder and drives generation."""
+    import json
+
+    from benchmark.models import ModelConfig, load_model
+    from benchmark.models.architectures import UNET_CONFIGS
+    from benchmark.models.diffusion import attention_sides
+    from benchmark.models.tiny import save_tiny
+
+    assert attention_sides(UNET_CONFIGS["sd2_base"], 96) == [96, 48, 24, 12]  # 768 px
+    folder = save_tiny(tmp_path / "v", seed=0)
+    config_path = folder / "scheduler" / "scheduler_config.json"
+    config = json.loads(config_path.read_text())
+    config["prediction_type"] = "v_prediction"
+    config_path.write_text(json.dumps(config))
+    model = load_model(ModelConfig(name="sd2_local", path=str(folder), device="cpu"))
+    assert model.scheduler.config.prediction_type == "v_prediction"
+    extract = ExtractionConfig(image_size=64, steps=2, guidance_scale=1.0, seed=0)
+    images, maps = model.generate([PromptQuery("a photo of a dog", "dog")], AttentionRequest((8,), (8,)), extract)
+    eps_model = load_model(ModelConfig(name="tiny", path=None, device="cpu"))
+    eps_images, _ = eps_model.generate([PromptQuery("a photo of a dog", "dog")], AttentionRequest((8,), (8,)), extract)
+    assert images[0].shape == (3, 64, 64) and maps[0].self_attn[8].shape == (1, 64, 64)
+    assert not torch.equal(images[0], eps_images[0])  # the prediction type changes the denoising
