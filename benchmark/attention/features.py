@@ -112,6 +112,8 @@ class FeatureCapture:
 
     def result(self) -> Dict[str, torch.Tensor]:
         """{name: float32 (G, N, C)} group means of the captured outputs."""
+        if not self.names:
+            return {}
         missing = [n for n in self.names if n not in self.sums]
         if missing:
             raise ValueError(f"feature(s) {missing} were not computed in the UNet pass (their module never ran)")

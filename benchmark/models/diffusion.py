@@ -439,6 +439,11 @@ class DiffusionModel:
         self._check_common(request, extract)
         side = self.check_image_size(extract.image_size)
         request = self.fit_request(request, side)
+        if request.features:
+            raise ValueError(
+                f"features {list(request.features)} requested in generate mode: block outputs are captured by the "
+                "single pass on a real image (DiffusionModel.capture)"
+            )
         seed = extract.seed if seed is None else int(seed)
         guided = float(extract.guidance_scale) != 1.0
         per_call = max(1, self.max_batch // (2 if guided else 1))
