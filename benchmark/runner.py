@@ -28,7 +28,7 @@ from benchmark.types import AttentionMaps, Sample, SegmentContext
 
 log = logging.getLogger("benchmark")
 
-RANDOM_WEIGHT_MODELS = ("tiny",)
+RANDOM_WEIGHT_MODELS = ("tiny", "tiny_sdxl")  # benchmark.models.config.TINY_NAMES
 
 
 @dataclass
@@ -182,6 +182,7 @@ class Runner:
             from benchmark.models import LazyModel
 
             model = LazyModel(v.model)  # weights load on the first cache miss
+            model.check_request(self.request, v.method.extract.image_size)  # what the model lacks fails now
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 

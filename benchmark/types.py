@@ -54,6 +54,9 @@ class AttentionRequest:
     #: ALSO kept one by one, summed over heads (``AttentionMaps.cross_attn_layers``):
     #: SeeDiff's official code normalises each 16x16 layer before summing them
     cross_layer_resolutions: Tuple[int, ...] = ()
+    #: block outputs to capture in the same pass (``benchmark.attention.features``: an
+    #: alias such as "last_down_attn1" or a UNet module path)
+    features: Tuple[str, ...] = ()
 
     def union(self, other: "AttentionRequest") -> "AttentionRequest":
         if (self.self_layers, self.cross_layers) != (other.self_layers, other.cross_layers):
@@ -68,11 +71,12 @@ class AttentionRequest:
             self.self_layers,
             self.cross_layers,
             tuple(sorted(set(self.cross_layer_resolutions) | set(other.cross_layer_resolutions), reverse=True)),
+            tuple(dict.fromkeys(tuple(self.features) + tuple(other.features))),
         )
 
     @property
     def empty(self) -> bool:
-        return not self.self_resolutions and not self.cross_resolutions
+        return not self.self_resolutions and not self.cross_resolutions and not self.features
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class AttentionMaps:
     cross_attn_layers[r]: float32 (L, P, r*r, T), only for ``AttentionRequest.cross_layer_resolutions``:
                    each of the L layers at side r on its own, SUMMED over heads (rows sum to
                    the number of heads), in SeeDiff's order (up layers, then down, then mid).
+    features[name]: float32 (G, N, C) output of a requested block (``AttentionRequest.features``),
+                   N tokens (side² of its grid) x C channels, same groups G as self_attn.
     """
 
     self_attn: Dict[int, torch.Tensor] = field(default_factory=dict)
@@ -113,6 +119,7 @@ class AttentionMaps:
     queries: List[PromptQuery] = field(default_factory=list)
     token_positions: List[List[int]] = field(default_factory=list)
     cross_attn_layers: Dict[int, torch.Tensor] = field(default_factory=dict)
+    features: Dict[str, torch.Tensor] = field(default_factory=dict)
 
     def to(self, device: torch.device | str) -> "AttentionMaps":
         return AttentionMaps(
@@ -121,6 +128,7 @@ class AttentionMaps:
             list(self.queries),
             [list(p) for p in self.token_positions],
             {r: a.to(device) for r, a in self.cross_attn_layers.items()},
+            {n: f.to(device) for n, f in self.features.items()},
         )
 
 

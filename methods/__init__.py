@@ -25,6 +25,7 @@ BUILTIN_METHODS: Dict[str, str] = {
     "ca_sa": "methods.attention_baselines:CrossSelfAttention",
     "seediff": "methods.seediff:SeeDiff",
     "seediff_code": "methods.seediff:SeeDiffCode",
+    "diffcut": "methods.diffcut:DiffCut",
 }
 
 #: entry-point plugins by name (``methods.plugins.MethodPlugin``)

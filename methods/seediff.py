@@ -546,30 +546,33 @@ def _replicate_pad_into(buffer: torch.Tensor, x: torch.Tensor, pad: int) -> None
     buffer[:, :, pad + width :] = buffer[:, :, pad + width - 1 : pad + width]
 
 
-def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1,)) -> torch.Tensor:
+def pamr_affinity(image: torch.Tensor, dilations: Sequence[int] = (1,), std_factor: float = 0.2) -> torch.Tensor:
     """PAMR's fixed affinity (K, H, W), K = 8 × len(dilations), of an image (3, H, W).
 
-    softmax over the K neighbours j of mean_channels(−|x_i − x_j| / (1e-8 + 0.2 σ_i)),
+    softmax over the K neighbours j of mean_channels(−|x_i − x_j| / (1e-8 + f σ_i)),
     σ_i = unbiased std over the 3×3 neighbourhood (centre included) per channel; borders
     replicate-padded (src/pamr.py ``LocalAffinityAbs``, ``LocalStDev``, ``PAMR.forward``).
+    ``std_factor`` f = 0.2 (SeeDiff src/pamr.py); DiffCut's tools/pamr.py ``PAMR.forward`` uses 0.1.
     """
     x = image.float()
     std = _neighbours(x, dilations, centre=True).std(1, keepdim=True)  # (3, 1, H, W)
     diff = (x.unsqueeze(1) - _neighbours(x, dilations, centre=False)).abs()  # (3, K, H, W)
-    return torch.softmax((-diff / (1e-8 + 0.2 * std)).mean(0), dim=0)
+    return torch.softmax((-diff / (1e-8 + std_factor * std)).mean(0), dim=0)
 
 
-def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,)) -> torch.Tensor:
+def pamr(
+    image: torch.Tensor, masks: torch.Tensor, iterations: int, dilations: Sequence[int] = (1,), std_factor: float = 0.2
+) -> torch.Tensor:
     """Refine masks (C, H, W) by ``iterations`` steps of local colour-affinity averaging
     (Araslanov & Roth 2020; SeeDiff's copy: src/pamr.py ``PAMR``).
 
     image: (3, H, W) float (any scale; the affinity is normalised by the local std).
     Each step replaces every mask value by the affinity-weighted sum of its K neighbours
-    (:func:`pamr_affinity`). All labels and pixels at once: per step one in-place border
+    (:func:`pamr_affinity`, with ``std_factor``). All labels and pixels at once: per step one in-place border
     replication and K multiply-adds over the whole (C, H, W) stack; no temporaries are
     allocated inside the loop. Returns float32 (C, H, W).
     """
-    affinity = pamr_affinity(image, dilations)
+    affinity = pamr_affinity(image, dilations, std_factor)
     out = masks.float().clone()
     if iterations <= 0:
         return out

@@ -37,3 +37,9 @@ def _no_run_report(request, monkeypatch):
         import benchmark.runner
 
         monkeypatch.setattr(benchmark.runner, "write_report", lambda run_dir: None)
+@pytest.fixture(scope="session")
+def tiny_sdxl_model():
+    """The tiny random-weight SDXL (``model=tiny_sdxl``), built once per session (read-only, like ``tiny_model``)."""
+    from benchmark.models import ModelConfig, load_model
+
+    return load_model(ModelConfig(name="tiny_sdxl", path=None, device="cpu"))

@@ -663,3 +663,54 @@ def test_compute_rejects_state_of_another_configuration():
         metric.compute({"confusion": np.zeros((5, 5), dtype=np.int64)})
     with pytest.raises(ValueError, match="missing"):
         make(HungarianImage, 4).compute({"tp": np.zeros(4), "fp": np.zeros(4), "fn": np.zeros(4)})
+
+
+# -- hungarian_image with DiffCut's many-to-one background ----------------------------------
+def _ref_diffcut_background(pred, label, n_class):
+    """eval_diffcut.py with its label convention (background = -1, classes 0..n-2), then the
+    final tools/utils.py hungarian_matching with background as class n-1."""
+    from scipy.optimize import linear_sum_assignment as lsa
+
+    def fast_hist(t, p, n):
+        pn = max(n, p.max() + 1)
+        m = (t >= 0) & (t < n)
+        return np.bincount(pn * t[m] + p[m], minlength=n * pn).reshape(n, pn)
+
+    hist = fast_hist(label, pred, n_class - 1)
+    _, col = lsa(hist, maximize=True)
+    hist = hist[:, col]
+    assigned = [col[i] for i in np.where(hist.max(axis=1) > 0)[0]]
+    pred = pred.copy()
+    bg_label = pred.max() + 1
+    for c in set(np.unique(pred)) - set(assigned):
+        pred[pred == c] = bg_label
+    label = label.copy()
+    label[label == -1] = n_class - 1
+    hist = fast_hist(label, pred, n_class)
+    row, col = lsa(hist, maximize=True)
+    tp = hist[row, col]
+    fn = hist.sum(1) - tp
+    fp = hist[:, col].sum(0) - np.diag(hist[:, col])
+    return tp, fp, fn
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_hungarian_image_background_equals_diffcut_rule(seed):
+    from benchmark.metrics.hungarian import HungarianImage, HungarianImageParams
+
+    rng = np.random.default_rng(seed)
+    n_class = 5  # 4 foreground classes + background
+    label = rng.integers(-1, 3, size=(12, 12))  # background (-1) and classes 0..2 (3 absent)
+    label[:4] = -1
+    pred = rng.integers(0, 7, size=(12, 12))
+    tp, fp, fn = _ref_diffcut_background(pred.ravel(), label.ravel(), n_class)
+    # ours: the background as the last class, as DiffCut's relabelled maps (same solver tie order)
+    ours_label = np.where(label == -1, n_class - 1, label)
+    names = [f"c{i}" for i in range(n_class)]
+    metric = HungarianImage(n_class, names, 255, HungarianImageParams(background=n_class - 1))
+    counts = metric.counts(torch.from_numpy(pred), torch.from_numpy(ours_label), "x")
+    assert counts["tp"].tolist() == tp.tolist()
+    assert counts["fp"].tolist() == fp.tolist()
+    assert counts["fn"].tolist() == fn.tolist()
+    with pytest.raises(ValueError, match="metric.background=7"):
+        HungarianImage(n_class, [f"c{i}" for i in range(n_class)], 255, HungarianImageParams(background=7))

@@ -18,6 +18,12 @@ PRESETS = {
     "sd15": "stable-diffusion-v1-5/stable-diffusion-v1-5",
     "sd2_base": "stabilityai/stable-diffusion-2-base",
     "sd21_base": "stabilityai/stable-diffusion-2-1-base",
+    "sd2": "stabilityai/stable-diffusion-2",
+    "sd21": "stabilityai/stable-diffusion-2-1",
+    "sdxl": "stabilityai/stable-diffusion-xl-base-1.0",
+    "ssd1b": "segmind/SSD-1B",
+    "vega": "segmind/Segmind-Vega",
+    "tiny_sdxl": None,
 }
 
 

@@ -5,7 +5,7 @@ fingerprint, dtype, extraction settings, prompts, request, image id) plus
 ``CAPTURE_VERSION``, so a changed capture invalidates old entries by itself.
 
 File: ``<root>/<key[:2]>/<key>.safetensors`` holding ``self.<side>`` / ``cross.<side>``
-tensors in the storage dtype (float16 by default: 32 MiB per image for the 64x64
+/ ``feature.<name>`` (block outputs, stored and restored without renormalisation) tensors in the storage dtype (float16 by default: 32 MiB per image for the 64x64
 self-attention) and, in the header metadata, the queries, token positions and a SHA-256 of
 the tensor bytes. Writes go to a temporary file in the same folder, are fsynced and
 ``os.replace``d: readers see the old file, the new one or none, never a partial one, and
@@ -117,6 +117,7 @@ class AttentionCache:
             list(maps.queries),
             [list(p) for p in maps.token_positions],
             {side: _restored(a.detach().to(storage)) for side, a in maps.cross_attn_layers.items()},
+            {name: f.detach().to(storage).float() for name, f in maps.features.items()},
         )
 
     # -- write --------------------------------------------------------------------------
@@ -130,6 +131,7 @@ class AttentionCache:
         tensors.update(
             {f"crosslayers.{side}": a.detach().to("cpu", storage).contiguous() for side, a in maps.cross_attn_layers.items()}
         )
+        tensors.update({f"feature.{name}": f.detach().to("cpu", storage).contiguous() for name, f in maps.features.items()})
         metadata = {
             "format": FORMAT,
             "capture_version": CAPTURE_VERSION,
@@ -202,11 +204,14 @@ class AttentionCache:
             raise CorruptCacheFile(f"bad metadata: {err}") from None
         maps = AttentionMaps({}, {}, queries, positions)
         for name, tensor in tensors.items():
-            kind, side = name.split(".")
+            kind, rest = name.split(".", 1)
+            if kind == "feature":  # block outputs: no row renormalisation
+                maps.features[rest] = tensor.float()
+                continue
             target = {"self": maps.self_attn, "cross": maps.cross_attn, "crosslayers": maps.cross_attn_layers}.get(kind)
             if target is None:
                 raise CorruptCacheFile(f"unknown tensor {name!r}")
-            target[int(side)] = _restored(tensor)
+            target[int(rest)] = _restored(tensor)
         maps.self_attn = dict(sorted(maps.self_attn.items(), reverse=True))
         maps.cross_attn = dict(sorted(maps.cross_attn.items(), reverse=True))
         return maps
@@ -215,4 +220,6 @@ class AttentionCache:
     def nbytes(maps: AttentionMaps, dtype: str = "float16") -> int:
         """Tensor bytes one image's maps take in ``dtype`` (the file adds a small header)."""
         itemsize = torch.empty(0, dtype=STORAGE_DTYPES[dtype]).element_size()
-        return itemsize * sum(a.numel() for d in (maps.self_attn, maps.cross_attn, maps.cross_attn_layers) for a in d.values())
+        return itemsize * sum(
+            a.numel() for d in (maps.self_attn, maps.cross_attn, maps.cross_attn_layers, maps.features) for a in d.values()
+        )

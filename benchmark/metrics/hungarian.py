@@ -115,6 +115,42 @@ class HungarianDataset(Metric):
 MAX_SEGMENT_ID = 65535
 
 
+@dataclass
+class HungarianImageParams:
+    #: index of the background class for DiffCut's many-to-one background matching
+    #: (PaulCouairon/DiffCut eval_diffcut.py, VOC20 / Context / COCO-Object): before the
+    #: per-image match, segments not matched (Hungarian on the foreground classes only) to
+    #: a foreground class present in the image are merged into one background segment.
+    #: None = plain per-image matching (DiffSeg).
+    background: Optional[int] = None
+
+
+def merge_unmatched_into_background(pred: np.ndarray, label: np.ndarray, num_classes: int, background: int) -> np.ndarray:
+    """``pred`` with every segment not matched to a present foreground class merged into one new id.
+
+    pred, label: flat arrays of the valid pixels (labels in [0, num_classes)). Follows
+    DiffCut eval_diffcut.py ``evaluate``: Hungarian on the (C-1, P) histogram of the
+    foreground classes (background pixels left out), P = max(C-1, max id + 1); the
+    segment matched to class c is kept when some matched segment overlaps c (the official
+    ``hist.max(axis=1) > 0`` on the column-reordered histogram); all other ids become
+    ``max id + 1``.
+    """
+    foreground = [c for c in range(num_classes) if c != background]
+    row_of = np.full(num_classes, -1, dtype=np.int64)
+    row_of[foreground] = np.arange(len(foreground))
+    keep = label != background
+    n_cols = max(len(foreground), int(pred.max()) + 1 if pred.size else 0)
+    hist = joint_histogram(row_of[label[keep]], pred[keep], len(foreground), n_cols)
+    rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C - 1)
+    # eval_diffcut.py reads hist.max(axis=1) of the histogram returned by tools/utils.py
+    # hungarian_matching, whose columns are already reordered to the matched ones
+    # (hist[:, col_ind]): a class counts as assigned when any MATCHED segment overlaps it
+    kept = set(cols[hist[:, cols].max(axis=1) > 0].tolist())
+    merged = pred.copy()
+    merged[~np.isin(pred, list(kept))] = int(pred.max()) + 1 if pred.size else 0
+    return merged
+
+
 class HungarianImage(Metric):
     """Per-image Hungarian matching, as in DiffSeg's ``hungarian_matching`` (diffseg/utils.py).
 
@@ -131,10 +167,18 @@ class HungarianImage(Metric):
 
     State: ``tp``, ``fp``, ``fn`` (C,) and ``valid`` (1,) = number of valid pixels.
     IoU_c = TP/(TP+FP+FN) over the summed counts, mIoU = nan-mean, ACC = sum TP / valid.
+    ``metric.background=<class index>``: DiffCut's many-to-one background first
+    (``merge_unmatched_into_background``).
     """
 
     name = "hungarian_image"
-    Params = NoParams
+    Params = HungarianImageParams
+
+    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None):
+        super().__init__(num_classes, class_names, ignore_index, params)
+        bg = self.params.background
+        if bg is not None and not (isinstance(bg, int) and 0 <= bg < self.num_classes):
+            raise ValueError(f"metric.background={bg!r}: expected a class index in [0, {self.num_classes}) or null")
 
     def state_shapes(self) -> Dict[str, Tuple[int, ...]]:
         c = self.num_classes
@@ -142,21 +186,32 @@ class HungarianImage(Metric):
 
     @staticmethod
     def match_segments(
-        pred_flat: np.ndarray, label_flat: np.ndarray, num_classes: int, ignore_index: int = 255, image_id: str = ""
+        pred_flat: np.ndarray,
+        label_flat: np.ndarray,
+        num_classes: int,
+        ignore_index: int = 255,
+        image_id: str = "",
+        background: Optional[int] = None,
     ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """This image's match: (classes, segments, H, n_valid) with segment ``segments[i]``
         matched to class ``classes[i]`` (every class gets one column of H (C, P), see the
-        class docstring); reports colour predictions with the same match as the counts."""
+        class docstring); reports colour predictions with the same match as the counts.
+        ``background``: DiffCut's many-to-one background (``merge_unmatched_into_background``)."""
         check_pred_range(pred_flat, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
         n_cols = max(num_classes, int(pred_flat.max()) + 1 if pred_flat.size else 0)
         pred_v, label_v = valid_pixels(pred_flat, label_flat, num_classes, ignore_index, image_id)
+        if background is not None:
+            pred_v = merge_unmatched_into_background(pred_v, label_v, num_classes, background)
+            n_cols = max(n_cols, int(pred_v.max()) + 1 if pred_v.size else 0)
         hist = joint_histogram(label_v, pred_v, num_classes, n_cols)
         rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C) since C <= P
         return rows, cols, hist, int(label_v.size)
 
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
-        rows, cols, hist, n_valid = self.match_segments(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
+        rows, cols, hist, n_valid = self.match_segments(
+            pred_flat, label_flat, self.num_classes, self.ignore_index, image_id, self.params.background
+        )
         tp = hist[rows, cols]
         return {
             "tp": tp,

@@ -12,6 +12,8 @@ _DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 
 #: ``name`` of the random-weight SD built in code (``path: null``)
 TINY_NAME = "tiny"
+#: names of the random-weight models built in code: SD 1.x/2.x layout and SDXL layout
+TINY_NAMES = (TINY_NAME, "tiny_sdxl")
 
 
 @dataclass
@@ -43,6 +45,9 @@ class ModelConfig:
     download: bool = False
     #: tiny model only: seed of its random weights
     seed: int = 0
+    #: input side in px the model was trained at (informational: the experiment or
+    #: ``method.extract.image_size`` sets the side actually used)
+    native_size: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -54,10 +59,10 @@ class ModelConfig:
         for key in ("chunk_size", "max_batch"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"Invalid value {getattr(self, key)!r} for config key 'model.{key}': must be >= 1.")
-        if self.path is None and self.name != TINY_NAME:
+        if self.path is None and self.name not in TINY_NAMES:
             raise ValueError(
                 f"config key 'model.path' is null for model {self.name!r}: set model.path to a local diffusers "
-                f"folder or a Hugging Face Hub id (only model '{TINY_NAME}' is built in code)."
+                f"folder or a Hugging Face Hub id (only models {', '.join(TINY_NAMES)} are built in code)."
             )
 
     @property

@@ -14,6 +14,7 @@ so an image gets the same latent sample and noise alone or in any batch.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from typing import List, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attention.capture import AttentionCapture
+from benchmark.attention.features import FeatureCapture
 from benchmark.schema import ExtractionConfig
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery
 
@@ -58,6 +60,53 @@ def _own(maps: torch.Tensor, part: slice) -> torch.Tensor:
     return view if view.numel() == maps.numel() else view.clone()
 
 
+def attention_sides(unet_config, latent_side: int) -> List[int]:
+    """Sides of the attention grids of a UNet (its diffusers config) for a ``latent_side`` latent, largest first.
+
+    A down/up block whose type has cross-attention (``CrossAttn*``) runs at
+    ``latent_side / 2**level``, the mid block at the lowest level. SD 1.x/2.x: 64/32/16/8
+    at 512 px; SDXL family: 64/32 at 1024 px (no attention in the first down stage).
+    """
+    levels = len(unet_config["block_out_channels"])
+    found = {latent_side >> i for i, kind in enumerate(unet_config["down_block_types"]) if "CrossAttn" in kind}
+    found |= {latent_side >> (levels - 1 - j) for j, kind in enumerate(unet_config["up_block_types"]) if "CrossAttn" in kind}
+    mid = unet_config.get("mid_block_type", "UNetMidBlock2DCrossAttn")  # diffusers' default when absent
+    if mid and "CrossAttn" in str(mid):
+        found.add(latent_side >> (levels - 1))
+    return sorted((s for s in found if s >= 1), reverse=True)
+
+
+def fit_request(unet_config, request: AttentionRequest, latent_side: int, vae_factor: int, model_id: str) -> AttentionRequest:
+    """``request`` restricted to the sides where the UNet has attention layers.
+
+    Methods ask for the SD sides of their image size and read the sides that were
+    captured (``AttentionMaps.self_attn`` keys): a side of the UNet's grid levels where
+    this UNet has no attention (SDXL's first stage) is left out, except the latent side
+    itself (an SD UNet's finest grid, e.g. DiffSegmenter's SA64), which is served by the
+    finest attention grid the UNet has (latent / 2 for the SDXL family). A side that is no
+    grid level of this latent, or a kind whose requested sides all lack attention, fails
+    here, naming the sides the model has.
+    """
+    # latent / 2**i: the grids a UNet of any depth could have (SD: 4 levels, SDXL: 3)
+    levels = {latent_side >> i for i in range(latent_side.bit_length())}
+    available = set(attention_sides(unet_config, latent_side))
+    fitted = {}
+    for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
+        impossible = sorted(set(sides) - levels, reverse=True)
+        if latent_side in sides and latent_side not in available and available:
+            finest = max(available)
+            sides = tuple(dict.fromkeys(finest if s == latent_side else s for s in sides))
+        kept = tuple(s for s in sides if s in available)
+        if impossible or (sides and not kept):
+            raise ValueError(
+                f"{kind}-attention resolution(s) {impossible or sorted(sides, reverse=True)} requested, but model "
+                f"{model_id!r} with a {latent_side}x{latent_side} latent (image_size {latent_side * vae_factor}) "
+                f"has attention at {sorted(available, reverse=True)}"
+            )
+        fitted[kind] = kept
+    return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
+
+
 class DiffusionModel:
     """SD components on one device, with counters of the UNet work done.
 
@@ -78,10 +127,24 @@ class DiffusionModel:
         fingerprint: str,
         chunk_size: int = 128,
         max_batch: int = 16,
+        text_encoder_2=None,
+        tokenizer_2=None,
     ):
         self.device = torch.device(device)
         self.dtype = dtype
         self.unet, self.vae, self.text_encoder = (_place(m, self.device, dtype) for m in (unet, vae, text_encoder))
+        # SDXL family: a second (projection) text encoder; its pooled output and the
+        # add_time_ids condition the UNet through ``added_cond_kwargs``
+        if (text_encoder_2 is None) != (tokenizer_2 is None):
+            raise ValueError("text_encoder_2 and tokenizer_2 come together (SDXL-family models have both)")
+        self.text_encoder_2 = None if text_encoder_2 is None else _place(text_encoder_2, self.device, dtype)
+        self.tokenizer_2 = tokenizer_2
+        self._pooled: dict = {}  # text -> pooled embedding of text_encoder_2 (filled by encode_prompts)
+        if self.uses_text_time and self.text_encoder_2 is None:
+            raise ValueError(
+                "the UNet is conditioned on pooled text embeddings and add_time_ids (addition_embed_type='text_time', "
+                "SDXL family) but the model has no text_encoder_2/tokenizer_2"
+            )
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.model_id = model_id
@@ -94,6 +157,11 @@ class DiffusionModel:
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         #: image sides must be multiples of this (VAE factor x UNet downsampling)
         self.size_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
+
+    @property
+    def uses_text_time(self) -> bool:
+        """SDXL-style conditioning: pooled text embeddings + ``add_time_ids``."""
+        return getattr(self.unet.config, "addition_embed_type", None) == "text_time"
 
     def __repr__(self) -> str:
         return f"DiffusionModel({self.model_id!r}, device={self.device}, dtype={self.dtype}, fingerprint={self.fingerprint!r})"
@@ -120,12 +188,46 @@ class DiffusionModel:
         )
 
     def encode_prompts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Text-encoder hidden states (len(texts), 77, D); each distinct text encoded once."""
+        """Text-encoder hidden states (len(texts), 77, D); each distinct text encoded once.
+
+        SD 1.x/2.x: the last hidden state of the one encoder. SDXL family: the penultimate
+        hidden states of both encoders concatenated on the feature axis (D = D1 + D2), the
+        pooled projection of the second kept for ``pooled_prompts`` (diffusers
+        ``StableDiffusionXLPipeline.encode_prompt`` with clip_skip=None).
+        """
         distinct = list(dict.fromkeys(texts))
         ids = torch.tensor([self.token_ids(t) for t in distinct], device=self.device)
-        hidden = self.text_encoder(ids)[0]
+        if self.text_encoder_2 is None:
+            hidden = self.text_encoder(ids)[0]
+        else:
+            ids_2 = torch.tensor(
+                [self.tokenizer_2(t, padding="max_length", max_length=self.max_length, truncation=True).input_ids for t in distinct],
+                device=self.device,
+            )
+            first = self.text_encoder(ids, output_hidden_states=True)
+            second = self.text_encoder_2(ids_2, output_hidden_states=True)
+            hidden = torch.cat([first.hidden_states[-2], second.hidden_states[-2]], dim=-1)
+            if len(self._pooled) > 4096:  # a bounded memo: prompts of one batch are what is needed
+                self._pooled.clear()
+            for t, pooled in zip(distinct, second[0]):
+                self._pooled[t] = pooled
         where = {t: i for i, t in enumerate(distinct)}
         return hidden[torch.tensor([where[t] for t in texts], device=self.device)]
+
+    def pooled_prompts(self, texts: Sequence[str]) -> Optional[torch.Tensor]:
+        """(len(texts), D2) pooled embeddings of the second text encoder (None for SD 1.x/2.x)."""
+        if self.text_encoder_2 is None:
+            return None
+        missing = [t for t in dict.fromkeys(texts) if t not in self._pooled]
+        if missing:
+            self.encode_prompts(missing)
+        return torch.stack([self._pooled[t] for t in texts])
+
+    def add_time_ids(self, image_size: int, rows: int) -> torch.Tensor:
+        """(rows, 6) SDXL micro-conditioning: original size, crop top-left (0, 0), target size,
+        all at ``image_size`` (DiffCut tools/ldm.py get_text_embeds: ``_get_add_time_ids((s, s), (0, 0), (s, s))``)."""
+        ids = torch.tensor([image_size, image_size, 0, 0, image_size, image_size], dtype=self.dtype, device=self.device)
+        return ids.expand(rows, 6)
 
     def encode_queries(self, queries: Sequence[PromptQuery]) -> torch.Tensor:
         """Hidden states of the queries' texts with each ``word_weight`` applied (Compel's
@@ -155,16 +257,17 @@ class DiffusionModel:
             )
         return size // self.vae_scale_factor
 
+    def attention_sides(self, latent_side: int) -> List[int]:
+        """Sides of this UNet's attention grids for a ``latent_side`` latent (``attention_sides``)."""
+        return attention_sides(self.unet.config, latent_side)
+
+    def fit_request(self, request: AttentionRequest, latent_side: int) -> AttentionRequest:
+        """``request`` restricted to this UNet's attention grids (``fit_request``)."""
+        return fit_request(self.unet.config, request, latent_side, self.vae_scale_factor, self.model_id)
+
     def check_resolutions(self, request: AttentionRequest, latent_side: int) -> None:
-        """Fail before the pass when a requested resolution does not exist for this latent size."""
-        available = {latent_side >> i for i in range(len(self.unet.config.block_out_channels))}
-        for kind, sides in (("self", request.self_resolutions), ("cross", request.cross_resolutions)):
-            missing = sorted(set(sides) - available, reverse=True)
-            if missing:
-                raise ValueError(
-                    f"{kind}-attention resolution(s) {missing} requested, but a {latent_side}x{latent_side} latent "
-                    f"(image_size {latent_side * self.vae_scale_factor}) has attention at {sorted(available, reverse=True)}"
-                )
+        """Fail before the pass when no requested resolution of a kind exists for this model and latent size."""
+        self.fit_request(request, latent_side)
 
     def encode_images(self, images: Sequence[torch.Tensor], extract: ExtractionConfig, keys: Sequence[str]) -> torch.Tensor:
         """Scaled VAE latents (N, 4, s/8, s/8) of images resized bilinearly (no aspect kept) to image_size."""
@@ -208,10 +311,23 @@ class DiffusionModel:
         return images
 
     # -- UNet ---------------------------------------------------------------------------
-    def _unet(self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+    def _unet(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor, texts: Optional[Sequence[str]] = None
+    ) -> torch.Tensor:
+        """One UNet call; ``texts`` (the prompt of every row) supply the pooled embeddings of
+        SDXL-family models, whose ``add_time_ids`` use the input size ``latent side x VAE factor``."""
         self.unet_calls += 1
         self.unet_rows += latents.shape[0]
-        return self.unet(latents.to(self.dtype), timesteps, encoder_hidden_states=embeddings).sample
+        extra = {}
+        if self.uses_text_time:
+            if texts is None or len(texts) != latents.shape[0]:
+                raise ValueError("an SDXL-family UNet call needs the prompt text of every batch row")
+            size = int(latents.shape[-1]) * self.vae_scale_factor
+            extra["added_cond_kwargs"] = {
+                "text_embeds": self.pooled_prompts(texts).to(self.dtype),
+                "time_ids": self.add_time_ids(size, latents.shape[0]),
+            }
+        return self.unet(latents.to(self.dtype), timesteps, encoder_hidden_states=embeddings, **extra).sample
 
     @staticmethod
     def passes_per_image(n_prompts: int, extract: ExtractionConfig) -> int:
@@ -274,7 +390,7 @@ class DiffusionModel:
         bad = [t for t in steps if not 0 <= t < n_train]
         if bad:
             raise ValueError(f"timestep(s) {bad} outside [0, {n_train}) of the scheduler")
-        self.check_resolutions(request, self.check_image_size(extract.image_size))
+        request = self.fit_request(request, self.check_image_size(extract.image_size))
         positions = [self._positions(qs) for qs in queries]
         if request.empty:
             return [AttentionMaps({}, {}, list(qs), pos) for qs, pos in zip(queries, positions)]
@@ -289,18 +405,23 @@ class DiffusionModel:
         image_of_row = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
         prompt_rows = torch.arange(int(image_of_row.numel()))
         self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
-        embeddings = self.encode_queries([q for qs in queries for q in qs])
+        flat = [q for qs in queries for q in qs]
+        embeddings = self.encode_queries(flat)
+        n_self_groups = int(self_groups.max()) + 1
+        # block outputs are hooked in the same pass, grouped like self-attention
         with AttentionCapture(
             self.unet, request, self_groups, self.chunk_size, cross_groups=prompt_rows,
-            n_groups=int(self_groups.max()) + 1, n_cross_groups=int(prompt_rows.numel()),
-        ) as capture:
+            n_groups=n_self_groups, n_cross_groups=int(prompt_rows.numel()),
+        ) as capture, FeatureCapture(self.unet, request.features, self_groups[:0], n_self_groups) as features:
             for start in range(0, int(prompt_rows.numel()), self.max_batch):
                 rows = slice(start, start + self.max_batch)
                 capture.set_groups(self_groups[rows], prompt_rows[rows])
+                features.set_groups(self_groups[rows])
                 images_of_rows = image_of_row[rows].to(self.device)
-                self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows])
+                self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows], [q.text for q in flat[rows]])
         self_maps, cross_maps = capture.self_attention(), capture.cross_attention()
         layer_maps = capture.cross_attention_layers()
+        feature_maps = features.result()
 
         out, first = [], 0
         for i, qs in enumerate(queries):
@@ -313,6 +434,7 @@ class DiffusionModel:
                     list(qs),
                     positions[i],
                     {r: a[:, prompts].clone() for r, a in layer_maps.items()},
+                    {n: _own(f, groups) for n, f in feature_maps.items()},
                 )
             )
             first += len(qs)
@@ -345,7 +467,12 @@ class DiffusionModel:
             raise ValueError(f"scheduler={scheduler_name!r}: expected ddim or pndm")
         self._check_common(request, extract)
         side = self.check_image_size(extract.image_size)
-        self.check_resolutions(request, side)
+        request = self.fit_request(request, side)
+        if request.features:
+            raise ValueError(
+                f"features {list(request.features)} requested in generate mode: block outputs are captured by the "
+                "single pass on a real image (DiffusionModel.capture)"
+            )
         seed = extract.seed if seed is None else int(seed)
         guided = float(extract.guidance_scale) != 1.0
         per_call = max(1, self.max_batch // (2 if guided else 1))
@@ -362,16 +489,18 @@ class DiffusionModel:
             latents = torch.stack([_randn((channels, side, side), derive_seed(seed, "generate", start + i)) for i in range(b)])
             latents = latents.to(self.device) * scheduler.init_noise_sigma
             embeddings = self.encode_queries(chunk)
+            texts = [q.text for q in chunk]
             groups = torch.arange(b)
             if guided:  # unconditional rows first, not captured
                 embeddings = torch.cat([self.encode_prompts([""] * b), embeddings])
+                texts = [""] * b + texts
                 groups = torch.cat([torch.full((b,), -1), groups])
             scheduler.set_timesteps(extract.steps, device=self.device)
             with AttentionCapture(self.unet, request, groups, self.chunk_size, cross_groups=groups) as capture:
                 for t in scheduler.timesteps:
                     model_in = torch.cat([latents, latents]) if guided else latents
                     model_in = scheduler.scale_model_input(model_in, t)
-                    eps = self._unet(model_in, t.expand(model_in.shape[0]), embeddings).float()
+                    eps = self._unet(model_in, t.expand(model_in.shape[0]), embeddings, texts).float()
                     if guided:
                         eps_uncond, eps_cond = eps.chunk(2)
                         eps = eps_uncond + extract.guidance_scale * (eps_cond - eps_uncond)

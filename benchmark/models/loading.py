@@ -22,6 +22,8 @@ from benchmark.models.config import TINY_NAME, ModelConfig
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: components of SDXL-family folders (SDXL, SSD-1B, Segmind-Vega), loaded when present
+SDXL_COMPONENTS = ("text_encoder_2", "tokenizer_2")
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -56,11 +58,13 @@ def weight_patterns(variant: Optional[str]) -> List[str]:
     suffix = f".{variant}" if variant else ""
     return [
         "model_index.json",
-        *(f"{c}/*.json" for c in COMPONENTS),
+        *(f"{c}/*.json" for c in COMPONENTS + SDXL_COMPONENTS),
         "tokenizer/*.txt",
+        "tokenizer_2/*.txt",
         f"unet/diffusion_pytorch_model{suffix}.safetensors",
         f"vae/diffusion_pytorch_model{suffix}.safetensors",
         f"text_encoder/model{suffix}.safetensors",
+        f"text_encoder_2/model{suffix}.safetensors",
     ]
 
 
@@ -127,7 +131,7 @@ def fingerprint_folder(folder: Path, full_hash_limit: int = 64 << 20, samples: i
     hashing gigabytes. Paths are relative, so a moved folder keeps its fingerprint.
     """
     digest = hashlib.sha256()
-    files = sorted(p for c in COMPONENTS for p in (folder / c).rglob("*") if p.is_file())
+    files = sorted(p for c in COMPONENTS + SDXL_COMPONENTS for p in (folder / c).rglob("*") if p.is_file())
     for file in files:
         size = file.stat().st_size
         digest.update(f"{file.relative_to(folder).as_posix()}:{size}\n".encode())
@@ -152,9 +156,11 @@ def fingerprint_modules(*modules: torch.nn.Module) -> str:
 
 
 def load_components(folder: Path, cfg: ModelConfig) -> dict:
-    """The five components from a local diffusers folder (local files only)."""
+    """The five components from a local diffusers folder (local files only), plus
+    ``text_encoder_2`` (CLIPTextModelWithProjection) and ``tokenizer_2`` of SDXL-family
+    folders (both subfolders present)."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     dtype = cfg.torch_dtype
     common = dict(local_files_only=True)
@@ -168,29 +174,38 @@ def load_components(folder: Path, cfg: ModelConfig) -> dict:
         # DDIM: the schedule (betas) comes from the folder's config whatever class it names;
         # add_noise is the same for every DDPM-family scheduler and DDIM is the generator
         scheduler = DDIMScheduler.from_pretrained(folder, subfolder="scheduler", **common)
+        extra = {}
+        present = [c for c in SDXL_COMPONENTS if (folder / c).is_dir()]
+        if present and len(present) != len(SDXL_COMPONENTS):
+            raise ValueError(f"folder has {present} but not {sorted(set(SDXL_COMPONENTS) - set(present))}")
+        if present:
+            extra["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                folder, subfolder="text_encoder_2", torch_dtype=dtype, variant=cfg.variant, **common
+            )
+            extra["tokenizer_2"] = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer_2", **common)
     except (OSError, ValueError) as err:
         raise ModelNotFoundError(
             f"model {cfg.name!r}: could not load the components from {folder} "
             f"(variant {cfg.variant or 'none'}): {err}"
         ) from err
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
+    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, **extra)
 
 
 def load_model(cfg: ModelConfig):
     """A ``DiffusionModel`` for ``cfg`` (the tiny SD when ``cfg.path`` is None)."""
     from benchmark.models.diffusion import DiffusionModel
-    from benchmark.models.tiny import TINY_VERSION, build_tiny_components
+    from benchmark.models.tiny import TINY_BUILDERS, TINY_VERSION
 
     if not isinstance(cfg, ModelConfig):
         raise TypeError(f"load_model expects a ModelConfig, got {type(cfg).__name__}")
     if cfg.path is None:
-        if cfg.name != TINY_NAME:  # ModelConfig already refuses this; keep the guard for hand-built objects
+        if cfg.name not in TINY_BUILDERS:  # ModelConfig already refuses this; keep the guard for hand-built objects
             raise ValueError(f"model.path is null for model {cfg.name!r}")
-        components = build_tiny_components(cfg.seed)
-        fingerprint = f"tiny-v{TINY_VERSION}:" + fingerprint_modules(
-            components["unet"], components["vae"], components["text_encoder"]
-        )
-        model_id = f"{TINY_NAME} (random weights, seed {cfg.seed})"
+        components = TINY_BUILDERS[cfg.name](cfg.seed)
+        modules = [components[k] for k in ("unet", "vae", "text_encoder", "text_encoder_2") if components.get(k) is not None]
+        prefix = "tiny" if cfg.name == TINY_NAME else cfg.name.replace("_", "-")
+        fingerprint = f"{prefix}-v{TINY_VERSION}:" + fingerprint_modules(*modules)
+        model_id = f"{cfg.name} (random weights, seed {cfg.seed})"
     else:
         folder, fingerprint = resolve_model_path(cfg)
         components = load_components(folder, cfg)
@@ -229,6 +244,51 @@ class LazyModel:
     @property
     def loaded(self) -> bool:
         return self._model is not None
+
+    def _configs(self) -> Tuple[dict, dict]:
+        """(UNet config, VAE config) without loading weights (the folder's JSON files)."""
+        import json
+
+        if self._model is not None:
+            return dict(self._model.unet.config), dict(self._model.vae.config)
+        folder, _ = resolve_model_path(self.cfg)
+        configs = []
+        for component in ("unet", "vae"):
+            path = folder / component / "config.json"
+            try:
+                configs.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError) as err:
+                raise ModelNotFoundError(f"model {self.cfg.name!r}: cannot read {path}: {err}") from err
+        return configs[0], configs[1]
+
+    def check_request(self, request, image_size: int) -> None:
+        """Fail at start when this model cannot serve ``request`` at ``image_size`` px: the side
+        is not a multiple of the model's size multiple, no attention grid of a requested kind,
+        or a requested feature module that its UNet lacks (built on the meta device from the
+        config: no weights read). The message names what the model has."""
+        from benchmark.models.diffusion import fit_request
+
+        unet_config, vae_config = self._configs()
+        vae_factor = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
+        multiple = vae_factor * 2 ** (len(unet_config["block_out_channels"]) - 1)
+        if image_size < multiple or image_size % multiple:
+            raise ValueError(
+                f"method.extract.image_size={image_size}: model {self.cfg.name!r} needs a positive multiple of {multiple} "
+                f"(VAE factor {vae_factor} x UNet downsampling)"
+            )
+        fit_request(unet_config, request, image_size // vae_factor, vae_factor, self.cfg.name)
+        if request.features:
+            from benchmark.attention.features import resolve_feature
+
+            if self._model is not None:
+                unet = self._model.unet
+            else:
+                from diffusers import UNet2DConditionModel
+
+                with torch.device("meta"):
+                    unet = UNet2DConditionModel.from_config(unet_config)
+            for name in request.features:
+                resolve_feature(unet, name)
 
     def get(self):
         """The ``DiffusionModel`` (loaded now if it was not yet)."""

@@ -197,15 +197,122 @@ def build_tiny_components(seed: int = 0) -> dict:
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
 
 
+#: SDXL's layout (stabilityai/stable-diffusion-xl-base-1.0 unet/config.json): no attention
+#: in the first down stage, 1 / 2 / 10 transformer blocks per attention below it
+SDXL_TRANSFORMER_LAYERS = (1, 2, 10)
+#: width of the tiny text encoders (SDXL: 768 for CLIP ViT-L, 1280 for OpenCLIP bigG)
+TINY_TEXT_WIDTH = 32
+#: SDXL's Fourier width of each add_time_ids entry is 256; the tiny model uses 8
+TINY_TIME_EMBED_DIM = 8
+
+
+def tiny_sdxl_unet_config() -> dict:
+    """SDXL's block layout (70 transformer blocks: 4 + 20 down, 10 mid, 36 up) at small width.
+
+    Conditioning as SDXL: cross-attention on the concatenated hidden states of the two
+    text encoders (2 x 32), ``addition_embed_type="text_time"`` fed with the pooled
+    projection of the second encoder (32) and the six ``add_time_ids`` (6 x 8).
+    """
+    return dict(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),  # SDXL: 320, 640, 1280
+        layers_per_block=2,
+        transformer_layers_per_block=SDXL_TRANSFORMER_LAYERS,
+        attention_head_dim=(2, 4, 4),  # number of heads in this UNet class (SDXL: 5, 10, 20)
+        cross_attention_dim=2 * TINY_TEXT_WIDTH,
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TINY_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TINY_TIME_EMBED_DIM + TINY_TEXT_WIDTH,
+        norm_num_groups=32,
+    )
+
+
+def _tiny_text_config(tokenizer, **extra):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=TINY_TEXT_WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **extra,
+    )
+
+
+def build_tiny_sdxl_components(seed: int = 0) -> dict:
+    """The tiny SDXL (random, seeded weights): unet, vae, text_encoder (CLIPTextModel),
+    text_encoder_2 (CLIPTextModelWithProjection), tokenizer, tokenizer_2, scheduler.
+
+    Real diffusers/transformers classes with SDXL's block layout and conditioning
+    (``tiny_sdxl_unet_config``); the VAE has SDXL's 8x factor and scaling 0.13025.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer_2 = build_tiny_tokenizer()
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        unet = UNet2DConditionModel(**tiny_sdxl_unet_config())
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(32, 32, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+            sample_size=1024,
+            scaling_factor=0.13025,  # SDXL VAE's scaling factor
+        )
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
+        text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TINY_TEXT_WIDTH))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    # SDXL's scheduler config: scaled_linear 0.00085 -> 0.012, 1000 steps, steps_offset 1
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.eval().requires_grad_(False)
+    return dict(
+        unet=unet, vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer, tokenizer_2=tokenizer_2, scheduler=scheduler,
+    )
+
+
+#: model.name -> builder of the random-weight models built in code
+TINY_BUILDERS = {"tiny": build_tiny_components, "tiny_sdxl": build_tiny_sdxl_components}
+
+
 def save_components(components: dict, folder: str | os.PathLike) -> Path:
     """Write components in the diffusers pipeline layout (one subfolder each)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        components[name].save_pretrained(folder / name)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"):
+        if components.get(name) is not None:
+            components[name].save_pretrained(folder / name)
     return folder
 
 
-def save_tiny(folder: str | os.PathLike, seed: int = 0) -> Path:
-    """Save the tiny SD as a diffusers folder loadable with ``model.path=<folder>``."""
-    return save_components(build_tiny_components(seed), folder)
+def save_tiny(folder: str | os.PathLike, seed: int = 0, name: str = "tiny") -> Path:
+    """Save a tiny model (``tiny`` or ``tiny_sdxl``) as a diffusers folder loadable with ``model.path=<folder>``."""
+    return save_components(TINY_BUILDERS[name](seed), folder)
