@@ -39,8 +39,6 @@ def test_every_group_option_composes_and_validates(group, option):
 
 @pytest.mark.parametrize("option", group_options("experiment"))
 def test_every_experiment_composes_and_validates(option):
-    if option == "diffcut_ade20k" and not (CONF_DIR / "dataset" / "ade20k.yaml").exists():
-        pytest.skip("dataset=ade20k is added by the ADE20K branch (wt-ade); composes once merged")
     v = validate(compose_config([f"experiment={option}"]))
     assert v.method.points, option
 
