@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 GROUPS = ("dataset", "model", "method", "metric", "logger", "experiment", "sweep")
@@ -20,14 +20,43 @@ class UsageError(SystemExit):
     pass
 
 
-def group_options(group: str) -> List[str]:
-    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+def _search_path_args(args: List[str]) -> List[str]:
+    """Config search-path entries the command line adds: ``--config-dir DIR`` / ``-cd DIR`` /
+    ``--config-dir=DIR`` (Hydra's "additional config dir") and ``hydra.searchpath=[...]``."""
+    extra: List[str] = []
+    for i, arg in enumerate(args):
+        if arg in ("--config-dir", "-cd") and i + 1 < len(args):
+            extra.append("file://" + str(Path(args[i + 1]).expanduser().resolve()))
+        elif arg.startswith("--config-dir="):
+            extra.append("file://" + str(Path(arg.split("=", 1)[1]).expanduser().resolve()))
+        elif re.match(r"^(\+\+|\+)?hydra\.searchpath=", arg):
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+
+            value = OverridesParser.create().parse_overrides([arg])[0].value()
+            extra.extend(str(v) for v in (value if isinstance(value, list) else [value]))
+    return extra
+
+
+def group_options(group: str, search_path: Sequence[str] = ()) -> List[str]:
+    """Options of config group ``group`` over Hydra's whole config search path: ``conf/``,
+    every SearchPathPlugin a pip-installed package registers (``hydra_plugins``), and the
+    ``search_path`` entries (``file://DIR`` or ``pkg://module``) added on the command line."""
+    from hydra._internal.config_repository import ConfigRepository
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.object_type import ObjectType
+
+    csp = create_config_search_path(str(CONF_DIR))
+    for entry in search_path:
+        csp.append("command-line", entry)
+    return ConfigRepository(csp).get_group_options(group, ObjectType.CONFIG)
 
 
 def check_group_choices(args: List[str]) -> None:
-    """Fail fast, with "did you mean", on an unknown option of a config group."""
+    """Fail fast, with "did you mean", on an unknown option of a config group (the options of
+    every config folder on the search path count)."""
     from benchmark.registry import did_you_mean
 
+    search_path = _search_path_args(args)
     for arg in args:
         m = _GROUP_OVERRIDE.match(arg)
         if not m:
@@ -36,20 +65,38 @@ def check_group_choices(args: List[str]) -> None:
         value = re.sub(r"^(choice|range|glob)\((.*)\)$", r"\2", value)
         if value in ("null", ""):
             continue
-        options = group_options(group)
+        options = group_options(group, search_path)
         for option in (v.strip() for v in value.split(",")):
             if option not in options:
                 print(
                     f"Error: unknown {group} {option!r} (from '{arg}'). Valid choices for {group}=: "
-                    f"{', '.join(options)}." + did_you_mean(option, options),
+                    f"{', '.join(options)}." + did_you_mean(option, options)
+                    + " (Your own configs: --config-dir DIR or hydra.searchpath=[file://DIR] with DIR/"
+                    + f"{group}/{option}.yaml.)",
                     file=sys.stderr,
                 )
                 raise UsageError(2)
 
 
+def _force_add(arg: str) -> str:
+    """``a.b=v`` -> ``++a.b=v`` for every plain key override outside ``hydra.*``.
+
+    Hydra refuses a plain override of a key its config lacks ("Key ... is not in struct")
+    with no valid keys; with ``++`` the key reaches ``benchmark.config.validate``, which
+    refuses it with the section's valid keys and a did-you-mean, exactly as for ``+key=v``.
+    Existing keys are overridden as before; group choices (``method=x``) are left alone."""
+    m = re.match(r"^([A-Za-z_][\w.\-]*)=", arg)
+    if not m or "/" in m.group(1) or "@" in m.group(1):
+        return arg
+    key = m.group(1)
+    if key in GROUPS or key == "hydra" or key.startswith("hydra."):
+        return arg
+    return "++" + arg
+
+
 def prepare_argv(args: List[str]) -> List[str]:
     check_group_choices(args)
-    return [_GRID_OVERRIDE.sub(r"++\1", a) for a in args]
+    return [_force_add(_GRID_OVERRIDE.sub(r"++\1", a)) for a in args]
 
 
 def _remove_stray_dir(path: Path) -> None:
