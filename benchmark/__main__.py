@@ -6,9 +6,10 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+log = logging.getLogger("benchmark")
 GROUPS = ("dataset", "model", "method", "metric", "logger", "experiment", "sweep")
 # `method.grid.<key>=` must be able to add a key to the (empty by default) grid mapping,
 # which Hydra's struct mode forbids without a `+`/`++` prefix; add it for the user.
@@ -107,26 +108,84 @@ def _remove_stray_dir(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+FAILED_JOB_FILE = "error.json"
+
+
+def _job_config(cfg: Any) -> Dict[str, Any]:
+    """The job's config as plain data (unresolved where it does not resolve)."""
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:
+        return OmegaConf.to_container(cfg, resolve=False)
+
+
+def record_failed_job(run_dir: Path, err: BaseException, cfg: Any, overrides: Sequence[str]) -> Path:
+    """A multirun job that failed leaves ``error.json`` in its directory (the error, whether
+    it is a user error, the job's overrides and config) so the sweep's combined table and
+    ``benchmark.report`` list it; the next successful run of the job removes it."""
+    import json
+
+    from benchmark.config import error_message, is_user_error, json_safe
+    from benchmark.fileio import atomic_write_text
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / FAILED_JOB_FILE
+    atomic_write_text(path, json.dumps(json_safe({
+        "error": error_message(err),
+        "error_type": type(err).__name__,
+        "user_error": is_user_error(err),
+        "overrides": list(overrides),
+        "config": _job_config(cfg),
+    }), indent=2, default=str))
+    return path
+
+
 def _hydra_entry() -> None:
     import hydra
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
     from omegaconf import DictConfig
+
+    import benchmark.config  # noqa: F401  (registers the config resolvers before composition)
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
     def job(cfg: DictConfig) -> Optional[float]:
         from benchmark import distributed
+        from benchmark.config import error_message, full_tracebacks, is_user_error
         from benchmark.runner import print_summary, run_benchmark
 
+        hc = HydraConfig.get()
+        multirun = hc.mode == RunMode.MULTIRUN
         rank, _, _ = distributed.init()
         # under torchrun every rank composes its own config; all must use rank 0's directory
-        own_dir = Path(HydraConfig.get().runtime.output_dir)
+        own_dir = Path(hc.runtime.output_dir)
         run_dir = Path(distributed.broadcast_object(str(own_dir)))
         if own_dir != run_dir:
             _remove_stray_dir(own_dir)
         try:
             outcome = run_benchmark(cfg, run_dir)
+        except Exception as err:
+            user = is_user_error(err)
+            if multirun and rank == 0:
+                # the sweep goes on; the failure is listed in the combined table and the
+                # multirun ends with a non-zero exit code (see main)
+                path = record_failed_job(run_dir, err, cfg, list(hc.overrides.task))
+                if user and not full_tracebacks():
+                    log.error("job %s failed: %s (%s)", hc.job.num, error_message(err), path)
+                else:
+                    log.exception("job %s failed (%s)", hc.job.num, path)
+                return None
+            if user and not full_tracebacks():
+                print(f"Error: {error_message(err)}", file=sys.stderr)
+                raise UsageError(2) from None
+            raise
         finally:
             distributed.shutdown()
+        stale = run_dir / FAILED_JOB_FILE
+        if rank == 0 and stale.exists():
+            stale.unlink()  # this job has now succeeded
         if rank == 0:
             print_summary(outcome)
         first = outcome.payload["results"][0]["metrics"] if outcome.payload["results"] else {}
@@ -136,10 +195,21 @@ def _hydra_entry() -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    from benchmark import callbacks
+
     args = list(sys.argv[1:] if argv is None else argv)
     sys.argv = [sys.argv[0]] + prepare_argv(args)
     logging.getLogger("benchmark").setLevel(logging.INFO)
+    callbacks.LAST_SWEEP.clear()
     _hydra_entry()
+    failed = callbacks.LAST_SWEEP.get("failed") or []
+    if failed:
+        print(
+            f"Error: {len(failed)} of {callbacks.LAST_SWEEP['jobs']} sweep jobs failed (listed in "
+            f"{callbacks.LAST_SWEEP['table']}):\n" + "\n".join(f"  - {name}: {msg}" for name, msg, _ in failed),
+            file=sys.stderr,
+        )
+        raise SystemExit(2 if all(user for _, _, user in failed) else 1)
 
 
 if __name__ == "__main__":

@@ -369,7 +369,15 @@ def validate_dataset(node: Any) -> Any:
 
     data = _plain(node) or {}
     name = choice(data.get("name", ""), sorted(DATASET_SCHEMAS), "dataset.name")
-    return to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
+    config = to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
+    empty = []
+    if getattr(config, "ids", None) is not None and len(config.ids) == 0:
+        empty.append("dataset.ids=[] selects no image (dataset.ids=null evaluates every image of the split)")
+    if getattr(config, "limit", None) == 0:
+        empty.append("dataset.limit=0 selects no image (dataset.limit=null evaluates every selected image)")
+    if empty:
+        raise ConfigError(*empty)
+    return config
 
 
 def validate_model(node: Any) -> Any:
