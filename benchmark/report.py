@@ -132,7 +132,7 @@ def combined_frame(
     frame = pd.concat(frames, ignore_index=True)
     for col in ("n_images", "diffusion_passes"):  # counts stay integers beside failed rows
         if failed and col in frame.columns:
-            frame[col] = frame[col].astype("Int64")
+            frame[col] = pd.Series([None if pd.isna(v) else int(v) for v in frame[col]], dtype=object)
     return frame.sort_values("run", kind="stable", key=_run_order).reset_index(drop=True) if failed else frame
 
 

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed
-from benchmark.config import ConfigError, Validated, error_message, is_user_error, json_safe, params_dict, validate
+from benchmark.config import ConfigError, InputError, Validated, error_message, is_user_error, json_safe, params_dict, validate
 from benchmark.fileio import atomic_path, atomic_write_text
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
@@ -169,14 +169,20 @@ class Runner:
         elif mode is not None:
             from benchmark.candidates import resolve_candidates
 
-            ctx.candidates, ctx.caption = resolve_candidates(
-                mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
-                getattr(settings, "candidates_file", None),
-            )
+            try:
+                ctx.candidates, ctx.caption = resolve_candidates(
+                    mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
+                    getattr(settings, "candidates_file", None),
+                )
+            except (ValueError, KeyError) as err:  # the user's candidates file: not a bug
+                raise InputError(error_message(err)) from err
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 
-            ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
+            try:
+                ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
+            except ValueError as err:  # the user's prediction file (size, values): not a bug
+                raise InputError(error_message(err)) from err
         return ctx
 
     def _clip_filter(self):
