@@ -23,7 +23,7 @@ from benchmark.config import ConfigError, is_user_error, validate
 
 REPO = Path(__file__).resolve().parent.parent
 CURATED = REPO / "datasets" / "cocostuff27_val2017_curated.txt"
-TINY = ["model=tiny", "dataset=synthetic", "dataset.n_images=1", "method.extract.image_size=64", "run.progress=false"]
+TINY = ["model=tiny", "dataset=synthetic", "dataset.n_images=1", "method.extract.image_size=128", "run.progress=false"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
 
 
@@ -110,7 +110,7 @@ USER_OPTIONS = {
     "logger": "name: none\n",
     "sweep": "# @package _global_\nmethod:\n  grid:\n    kl_threshold: [0.7, 0.9]\n",
     "experiment": "# @package _global_\ndefaults:\n  - override /dataset: my_dataset\n  - override /method: my_method\n"
-                  "method:\n  extract:\n    image_size: 64\nrun:\n  progress: false\n",
+                  "method:\n  extract:\n    image_size: 128\nrun:\n  progress: false\n",
 }
 
 
@@ -132,7 +132,7 @@ def test_user_config_dir_and_searchpath_options_for_every_group(tmp_path):
     assert v.dataset.n_images == 1 and v.method.points[0].kl_threshold == 0.7 and len(v.method.points) == 2
     assert v.metric.name == "miou"
     v = validate(compose_config([f"hydra.searchpath=[file://{conf}]", "experiment=my_experiment"]))
-    assert v.dataset.height == 32 and v.method.extract.image_size == 64 and v.method.points[0].kl_threshold == 0.8
+    assert v.dataset.height == 32 and v.method.extract.image_size == 128 and v.method.points[0].kl_threshold == 0.8
     # the did-you-mean list includes the user's options
     with pytest.raises(UsageError):
         check_group_choices(["--config-dir", str(conf), "experiment=my_experimnt"])
@@ -354,6 +354,15 @@ def test_a_failed_start_leaves_the_run_directory_usable(tmp_path):
         run_with_overrides(base + [f"method.dir={tmp_path / 'good'}", "metric=hungarian_image"], run_dir)
     assert is_user_error(err.value)
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_a_size_check_failing_at_the_first_image_does_not_block_the_corrected_rerun(tmp_path):
+    run_dir = tmp_path / "run"
+    # 64 px input: DiffSeg's 16 anchors per axis do not fit the 8-side attention
+    with pytest.raises(ValueError, match="anchor_grid=16"):
+        run_with_overrides(TINY + ["method.extract.image_size=64"], run_dir)
+    assert not list(run_dir.glob("records*")) if run_dir.exists() else True
+    assert run_with_overrides(TINY, run_dir).payload["n_images"] == 1
 
 
 # --------------------------------------------------------------------------------------
