@@ -92,6 +92,7 @@ def test_numbers_on_the_command_line_and_in_other_text_keys_are_refused():
     assert "'logger.group' expects text but was read as the number True (bool)" in str(err.value)
 
 
+@pytest.mark.slow
 def test_numeric_id_on_the_cli_exits_2_naming_key_value_and_quoting():
     proc = _cli(["dataset.ids=[165713]"] + TINY[1:])
     assert proc.returncode == 2, proc.stderr[-2000:]
@@ -198,6 +199,7 @@ def test_unknown_key_without_plus_gets_the_same_answer_as_with_plus():
     assert prepare_argv(["method=diffseg", "hydra.run.dir=x", "run.seed=1"]) == ["method=diffseg", "hydra.run.dir=x", "++run.seed=1"]
 
 
+@pytest.mark.slow
 def test_unknown_key_without_plus_on_the_cli():
     outs = [_cli([o, "run.progress=false"]) for o in ("method.kl_treshold=1.0", "+method.kl_treshold=1.0")]
     for proc in outs:
@@ -248,19 +250,22 @@ def test_experiment_presets_stay_coherent_when_a_switch_is_flipped(option):
 # --------------------------------------------------------------------------------------
 # item 5: user errors print the message alone (exit 2); bugs keep their traceback
 # --------------------------------------------------------------------------------------
-def test_config_and_data_errors_print_the_message_alone(tmp_path):
-    for args, expect in (
-        (["dataset.limit=0"], "dataset.limit=0 selects no image"),
-        (["dataset=voc21", f"dataset.root={tmp_path / 'nowhere'}", "method=predictions", "method.dir=/x"], "nowhere"),
-        (["method.kl_threshold=[1.0,1.1]"], "kl_threshold"),
-    ):
-        proc = _cli(args + ["run.progress=false", f"hydra.run.dir={tmp_path / 'run'}"])
-        assert proc.returncode == 2, (args, proc.stderr[-2000:])
-        lines = _error_lines(proc.stderr)
-        assert lines and lines[0].startswith("Error: ") and expect in proc.stderr, (args, proc.stderr)
-        assert "Traceback" not in proc.stderr and len(lines) <= 3, (args, proc.stderr)
+@pytest.mark.parametrize("args,expect", [
+    (["dataset.limit=0"], "dataset.limit=0 selects no image"),
+    pytest.param(["dataset=voc21", "dataset.root=/nowhere/voc", "method=predictions", "method.dir=/x"], "/nowhere/voc",
+                 marks=pytest.mark.slow),
+    pytest.param(["method.kl_threshold=[1.0,1.1]"], "kl_threshold", marks=pytest.mark.slow),
+])
+def test_config_and_data_errors_print_the_message_alone(tmp_path, args, expect):
+    proc = _cli(args + ["run.progress=false", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert proc.returncode == 2, (args, proc.stderr[-2000:])
+    lines = _error_lines(proc.stderr)
+    assert lines and lines[0].startswith("Error: ") and expect in proc.stderr, (args, proc.stderr)
+    assert "Traceback" not in proc.stderr and len(lines) <= 3, (args, proc.stderr)
+    assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("records*"))
 
 
+@pytest.mark.slow
 def test_a_bug_keeps_its_traceback(tmp_path):
     code = ("import sys, benchmark.runner as r\n"
             "def broken(*a, **k):\n    raise ZeroDivisionError('a bug')\n"
@@ -269,7 +274,16 @@ def test_a_bug_keeps_its_traceback(tmp_path):
     proc = _cli(TINY + [f"hydra.run.dir={tmp_path / 'run'}"], python_code=code)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "ZeroDivisionError: a bug" in proc.stderr
-    assert is_user_error(ConfigError("x")) and not is_user_error(ZeroDivisionError())
+
+
+def test_user_errors_and_bugs_are_told_apart():
+    from benchmark.data.errors import DatasetNotFoundError
+    from benchmark.records import RunMismatchError
+
+    for err in (ConfigError("x"), RunMismatchError("x"), DatasetNotFoundError("x"), FileNotFoundError("x")):
+        assert is_user_error(err), err
+    for err in (ZeroDivisionError(), RuntimeError("x"), ValueError("x"), KeyError("x")):
+        assert not is_user_error(err), err
 
 
 # --------------------------------------------------------------------------------------
