@@ -109,6 +109,8 @@ def _remove_stray_dir(path: Path) -> None:
 
 
 FAILED_JOB_FILE = "error.json"
+#: set when Hydra has composed a job's config and entered the job function
+JOB_STARTED: List[bool] = []
 
 
 def _job_config(cfg: Any) -> Dict[str, Any]:
@@ -156,6 +158,7 @@ def _hydra_entry() -> None:
         from benchmark.config import error_message, full_tracebacks, is_user_error
         from benchmark.runner import print_summary, run_benchmark
 
+        JOB_STARTED.append(True)
         hc = HydraConfig.get()
         multirun = hc.mode == RunMode.MULTIRUN
         rank, _, _ = distributed.init()
@@ -201,7 +204,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     sys.argv = [sys.argv[0]] + prepare_argv(args)
     logging.getLogger("benchmark").setLevel(logging.INFO)
     callbacks.LAST_SWEEP.clear()
-    _hydra_entry()
+    JOB_STARTED.clear()
+    try:
+        _hydra_entry()
+    except SystemExit as exit_:
+        # Hydra prints a composition error (bad override syntax, a missing config of a
+        # group, ...) as a compact message and exits 1 before any job starts: a user error
+        if exit_.code == 1 and not JOB_STARTED:
+            raise SystemExit(2) from None
+        raise
     failed = callbacks.LAST_SWEEP.get("failed") or []
     if failed:
         print(

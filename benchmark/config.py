@@ -414,7 +414,7 @@ class _Collector:
 
     def raise_if_any(self) -> None:
         if self.problems:
-            raise ConfigError(*self.problems)
+            raise ConfigError(*dict.fromkeys(self.problems))  # each problem once, in order
 
 
 def _validate_logger(node: Any) -> LoggerConfig:

@@ -414,3 +414,12 @@ def test_multirun_with_a_failing_job_lists_it_and_exits_non_zero(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not (sweep / "1" / "error.json").exists()
     assert "status" not in pd.read_csv(sweep / "combined.csv").columns
+
+
+def test_hydra_composition_errors_exit_2_without_traceback(tmp_path):
+    conf = _experiment_dir(tmp_path, "defaults:\n  - override /dataset: nope\n", name="bad")
+    for args, expect in ((["method.kl_threshold=[1,2"], "no viable alternative"),
+                         (["--config-dir", str(conf), "experiment=bad"], "Could not find 'dataset/nope'")):
+        proc = _cli(args)
+        assert proc.returncode == 2 and expect in proc.stderr, (args, proc.stderr[-2000:])
+        assert "Traceback" not in proc.stderr
