@@ -26,7 +26,8 @@ from benchmark.tables import notes_for, results_frame, to_latex, to_markdown, wr
 
 
 FAILED_JOB_FILE = "error.json"  # written by a failed multirun job (benchmark.__main__)
-RUN_MARKERS = ("metrics.json", FAILED_JOB_FILE)
+HYDRA_JOB_CONFIG = ".hydra/config.yaml"  # every Hydra job folder, finished or not
+RUN_MARKERS = ("metrics.json", FAILED_JOB_FILE, HYDRA_JOB_CONFIG)
 
 
 def find_runs(paths: Sequence[Path]) -> List[Path]:
@@ -40,17 +41,32 @@ def find_runs(paths: Sequence[Path]) -> List[Path]:
         if any((p / m).is_file() for m in RUN_MARKERS):
             runs.append(p)
         else:
-            runs.extend(m.parent for marker in RUN_MARKERS for m in p.rglob(marker))
+            runs.extend(_run_dir_of(m, marker) for marker in RUN_MARKERS for m in p.rglob(marker))
     if not runs:
         raise FileNotFoundError(f"benchmark.report: no metrics.json under {', '.join(map(str, paths))}")
     return sorted(set(runs))
 
 
+def _run_dir_of(path: Path, marker: str) -> Path:
+    return path.parents[len(Path(marker).parts) - 1]
+
+
 def failed_job(run_dir: Path) -> Optional[Dict[str, Any]]:
-    """The failure a multirun job recorded in ``run_dir`` (None when its last attempt did not fail)."""
+    """The failure a multirun job recorded in ``run_dir``; a Hydra job folder with neither
+    results nor a recorded failure is ``incomplete`` (the job died or still runs). None when
+    the folder holds results of a job whose last attempt did not fail."""
     path = Path(run_dir) / FAILED_JOB_FILE
     if not path.is_file():
-        return None
+        if (Path(run_dir) / "metrics.json").is_file() or not (Path(run_dir) / HYDRA_JOB_CONFIG).is_file():
+            return None
+        from omegaconf import OmegaConf
+
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / HYDRA_JOB_CONFIG), resolve=False)
+        except Exception:
+            config = {}
+        return {"run_dir": Path(run_dir), "status": "incomplete", "config": config, "user_error": False,
+                "error": f"no metrics.json in {run_dir}: the job did not finish (see its .log file)"}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:

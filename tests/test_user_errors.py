@@ -390,12 +390,16 @@ def test_failed_job_is_a_row_of_the_combined_table(tmp_path):
     run_with_overrides(TINY + ["dataset.limit=1"], sweep / "0")
     cfg = compose_config(TINY + ["dataset.limit=0"])
     record_failed_job(sweep / "1", ConfigError("dataset.limit=0 selects no image"), cfg, ["dataset.limit=0"])
+    # a job folder as a job that died leaves it (Hydra's .hydra/ only, no results)
+    (sweep / "2" / ".hydra").mkdir(parents=True)
+    OmegaConf.save(compose_config(TINY + ["dataset.limit=3"]), sweep / "2" / ".hydra" / "config.yaml")
     result = report([sweep], plots=False)
     combined = pd.read_csv(sweep / "combined.csv")
-    assert combined["run"].tolist() == [0, 1]
-    assert combined["dataset.limit"].tolist() == [1, 0]
-    assert combined["status"].tolist() == ["ok", "failed"]
+    assert combined["run"].tolist() == [0, 1, 2]
+    assert combined["dataset.limit"].tolist() == [1, 0, 3]
+    assert combined["status"].tolist() == ["ok", "failed", "incomplete"]
     assert combined["error"][1] == "dataset.limit=0 selects no image"
+    assert "did not finish" in combined["error"][2]
     assert "failed" in (sweep / "combined.md").read_text()
     assert result["failed"][0]["user_error"] is True
 
