@@ -10,18 +10,89 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from benchmark.registry import did_you_mean
-from benchmark.schema import CacheConfig, ExtractionConfig, RunConfig
+from benchmark.schema import CacheConfig, ExtractionConfig, RunConfig, SettingConflicts
 
 
 class ConfigError(ValueError):
-    """A config value or key that cannot work; the message names the key."""
+    """A config value or key that cannot work; the message names the key.
+
+    ``ConfigError(p1, p2, ...)``: every problem found at start, listed in one message
+    (``problems`` keeps them apart)."""
+
+    def __init__(self, *problems: str):
+        self.problems = [str(p) for p in problems] or ["invalid configuration"]
+        if len(self.problems) == 1:
+            text = self.problems[0]
+        else:
+            text = f"{len(self.problems)} problems in the configuration (fix them all before rerunning):\n" + "\n".join(
+                f"  - {p}" for p in self.problems
+            )
+        super().__init__(text)
+
+    def __reduce__(self):
+        return (type(self), tuple(self.problems))
+
+
+class InputError(ValueError):
+    """A file the user pointed the run at (predictions, candidates, records) cannot be used;
+    the message names the file and what was expected."""
+
+
+def is_user_error(err: BaseException) -> bool:
+    """True for errors of the user's config, data or run directory (printed as a message
+    alone, exit code 2); False for bugs (kept with their traceback)."""
+    from benchmark.records import RunMismatchError
+    from benchmark.registry import UnknownNameError
+
+    user = (ConfigError, InputError, SettingConflicts, RunMismatchError, UnknownNameError,
+            FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+    try:
+        from benchmark.data.errors import DatasetFileError
+
+        user += (DatasetFileError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(err, user) or bool(getattr(err, "user_error", False))
+
+
+def full_tracebacks() -> bool:
+    """``HYDRA_FULL_ERROR=1`` (Hydra's switch) shows tracebacks of user errors too."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def error_message(err: BaseException) -> str:
+    """The text of an exception (KeyError's own repr quotes it: unquote)."""
+    if isinstance(err, KeyError) and len(err.args) == 1:
+        return str(err.args[0])
+    return str(err) or type(err).__name__
+
+
+def register_resolvers() -> None:
+    """OmegaConf resolvers the config files may use (registered once, at import).
+
+    ``${if_in:VALUE,OPTIONS,THEN,ELSE}``: THEN when VALUE is OPTIONS (or one of the list
+    OPTIONS), else ELSE. Experiment presets use it to keep settings that only make sense
+    with one value of a documented switch coherent when the user flips that switch, e.g.
+    ``captioner: ${if_in:${.candidates},clip,blip,none}``."""
+
+    def if_in(value: Any, options: Any, then: Any, otherwise: Any) -> Any:
+        opts = list(options) if isinstance(options, (list, tuple, ListConfig)) else [options]
+        return then if value in opts else otherwise
+
+    if not OmegaConf.has_resolver("if_in"):
+        OmegaConf.register_new_resolver("if_in", if_in)
+
+
+register_resolvers()
 
 
 @dataclass
@@ -87,18 +158,88 @@ def _field_types(schema: type) -> Dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(schema)}
 
 
-def _check_keys(data: Mapping[str, Any], schema: type, where: str) -> None:
+def _type_hints(schema: type) -> Dict[str, Any]:
+    """Field types of a dataclass with string annotations resolved (``from __future__ import
+    annotations``); fields whose annotation cannot be resolved are left out."""
+    try:
+        return typing.get_type_hints(schema)
+    except Exception:  # an unresolvable forward reference: keep the resolvable ones
+        return {f.name: f.type for f in dataclasses.fields(schema) if not isinstance(f.type, str)}
+
+
+def _key_problems(data: Mapping[str, Any], schema: type, where: str) -> List[str]:
+    """Every unknown key of ``data`` (nested dataclass sections included), one message each."""
     names = {f.name: f for f in dataclasses.fields(schema)}
+    hints = _type_hints(schema)
+    problems = []
     for key, value in data.items():
         if key not in names:
-            raise ConfigError(
+            problems.append(
                 f"Unknown config key '{where}.{key}'. Valid keys of '{where}': {', '.join(sorted(names))}."
                 + did_you_mean(key, names)
             )
-        nested = names[key].type
-        nested_cls = nested if isinstance(nested, type) else None
-        if nested_cls is not None and dataclasses.is_dataclass(nested_cls) and isinstance(value, Mapping):
-            _check_keys(value, nested_cls, f"{where}.{key}")
+            continue
+        nested = hints.get(key, names[key].type)
+        if isinstance(nested, type) and dataclasses.is_dataclass(nested) and isinstance(value, Mapping):
+            problems += _key_problems(value, nested, f"{where}.{key}")
+    return problems
+
+
+def _check_keys(data: Mapping[str, Any], schema: type, where: str) -> None:
+    problems = _key_problems(data, schema, where)
+    if problems:
+        raise ConfigError(*problems)
+
+
+_NUMBER = (bool, int, float)
+
+
+def _numbers_where_text(value: Any, hint: Any, key: str) -> List[Tuple[str, Any]]:
+    """(key, value) of every number (int, float, bool) that sits where ``hint`` wants text.
+
+    YAML and Hydra turn unquoted digits into numbers before any schema is applied (YAML
+    reads a leading 0 as octal: ``000000165713`` -> 60363); OmegaConf would then write
+    the number back as other text, so such a value never reaches the run unnoticed."""
+    if value is None:
+        return []
+    if hint is str:
+        return [(key, value)] if isinstance(value, _NUMBER) else []
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        inner = [a for a in args if a is not type(None)]
+        return _numbers_where_text(value, inner[0], key) if len(inner) == 1 else []
+    if origin in (list, tuple, typing.Sequence) and isinstance(value, (list, tuple)) and args:
+        return [hit for i, v in enumerate(value) for hit in _numbers_where_text(v, args[0], f"{key}[{i}]")]
+    if origin in (dict, typing.Mapping) and isinstance(value, Mapping) and len(args) == 2:
+        return [hit for k, v in value.items() for hit in _numbers_where_text(v, args[1], f"{key}.{k}")]
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return _text_problems_raw(value, hint, key)
+    return []
+
+
+def _text_problems_raw(data: Mapping[str, Any], schema: type, where: str) -> List[Tuple[str, Any]]:
+    hints = _type_hints(schema)
+    return [hit for k, v in data.items() if k in hints for hit in _numbers_where_text(v, hints[k], f"{where}.{k}")]
+
+
+def _quote_hint(path: str, value: Any) -> str:
+    shown = repr(value)
+    if path.split("[")[0].rsplit(".", 1)[-1] in ("ids", "id") or path.endswith("_id"):
+        return (
+            f"'{path}' was read as the number {shown} ({type(value).__name__}); ids are strings and a number is "
+            "never matched to an image. YAML and Hydra read unquoted digits as numbers (YAML reads a leading 0 "
+            "as octal: 000000165713 becomes 60363). Quote each id: in YAML ids: ['000000165713'], on the "
+            "command line 'dataset.ids=[\"000000165713\"]'"
+        )
+    return (
+        f"'{path}' expects text but was read as the number {shown} ({type(value).__name__}). YAML and Hydra read "
+        f"unquoted numbers, yes/no/on/off and leading-0 digits as values, not text: quote it ({path.split('[')[0]}: "
+        f"'{value}')"
+    )
+
+
+def _text_problems(data: Mapping[str, Any], schema: type, where: str) -> List[str]:
+    return [_quote_hint(path, value) for path, value in _text_problems_raw(data, schema, where)]
 
 
 def to_dataclass(node: Any, schema: type, where: str) -> Any:
@@ -106,7 +247,9 @@ def to_dataclass(node: Any, schema: type, where: str) -> Any:
     data = _plain(node) or {}
     if not isinstance(data, Mapping):
         raise ConfigError(f"Config section '{where}' must be a mapping, got {type(data).__name__}: {data!r}")
-    _check_keys(data, schema, where)
+    problems = _key_problems(data, schema, where) + _text_problems(data, schema, where)
+    if problems:
+        raise ConfigError(*problems)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), data)
         return OmegaConf.to_object(merged)
@@ -114,6 +257,8 @@ def to_dataclass(node: Any, schema: type, where: str) -> Any:
         key = getattr(err, "full_key", None) or "?"
         msg = str(err).splitlines()[0]
         raise ConfigError(f"Invalid value for config key '{where}.{key}': {msg}") from None
+    except SettingConflicts as err:  # a plugin's cross-key checks (benchmark.schema.Checks)
+        raise ConfigError(*(f"Invalid config in '{where}': {p}" for p in err.problems)) from None
     except (ValueError, TypeError) as err:  # a plugin's own check in __post_init__
         raise ConfigError(f"Invalid config in '{where}': {err}") from None
 
@@ -138,15 +283,14 @@ def _split_method_section(data: Dict[str, Any], cls: Type[Any]) -> tuple:
     if overlap:  # a plugin bug, not a user error
         raise TypeError(f"method {cls.name}: keys {sorted(overlap)} are both Params and Settings")
     valid = reserved | params_fields | settings_fields
-    for key in data:
-        if key not in valid:
-            raise ConfigError(
-                f"Unknown config key 'method.{key}' for method {cls.name!r}. Valid keys: {', '.join(sorted(valid))}."
-                + did_you_mean(key, valid)
-            )
+    unknown = [
+        f"Unknown config key 'method.{key}' for method {cls.name!r}. Valid keys: {', '.join(sorted(valid))}."
+        + did_you_mean(key, valid)
+        for key in data if key not in valid
+    ]
     params = {k: v for k, v in data.items() if k in params_fields}
     settings = {k: v for k, v in data.items() if k in settings_fields}
-    return params, settings
+    return params, settings, unknown
 
 
 def grid_points(base: Dict[str, Any], grid: Mapping[str, Any], params_cls: type, method: str) -> tuple:
@@ -186,22 +330,29 @@ def validate_method(node: Any) -> MethodSpec:
         cls = get_method(name)
     except (ImportError, TypeError) as err:  # a broken entry-point plugin
         raise ConfigError(f"method.name={name!r}: {err}") from None
-    params, settings = _split_method_section(data, cls)
-    extract = to_dataclass(data.get("extract", {}) or {}, ExtractionConfig, "method.extract")
-    choice(extract.latent, ("mean", "sample"), "method.extract.latent")
+    params, settings, unknown = _split_method_section(data, cls)
+    check = _Collector()
+    check.problems.extend(unknown)
+    extract = check(to_dataclass, data.get("extract", {}) or {}, ExtractionConfig, "method.extract")
+    if extract is not None:
+        check(choice, extract.latent, ("mean", "sample"), "method.extract.latent")
     grid = data.get("grid", {}) or {}
     if not isinstance(grid, Mapping):
-        raise ConfigError(f"'method.grid' must map keys to lists of values, got {grid!r}")
+        check.add(f"'method.grid' must map keys to lists of values, got {grid!r}")
+        grid = {}
     if hasattr(cls, "implied_grid"):  # e.g. method.bg_protocol=official_sweep adds its sweep
         try:
             grid = cls.implied_grid(settings, grid)
         except ValueError as err:
-            raise ConfigError(str(err)) from None
-    points, keys = grid_points(params, grid, cls.Params, name)
+            check.add(str(err))
+    points_keys = check(grid_points, params, grid, cls.Params, name)
+    settings_obj = check(to_dataclass, settings, cls.Settings, "method")
+    check.raise_if_any()
+    points, keys = points_keys
     return MethodSpec(
         name=name,
         cls=cls,
-        settings=to_dataclass(settings, cls.Settings, "method"),
+        settings=settings_obj,
         extract=extract,
         points=points,
         grid_keys=keys,
@@ -226,7 +377,15 @@ def validate_dataset(node: Any) -> Any:
 
     data = _plain(node) or {}
     name = choice(data.get("name", ""), sorted(DATASET_SCHEMAS), "dataset.name")
-    return to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
+    config = to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
+    empty = []
+    if getattr(config, "ids", None) is not None and len(config.ids) == 0:
+        empty.append("dataset.ids=[] selects no image (dataset.ids=null evaluates every image of the split)")
+    if getattr(config, "limit", None) == 0:
+        empty.append("dataset.limit=0 selects no image (dataset.limit=null evaluates every selected image)")
+    if empty:
+        raise ConfigError(*empty)
+    return config
 
 
 def validate_model(node: Any) -> Any:
@@ -242,28 +401,52 @@ def method_task(method: MethodSpec) -> str:
     return getattr(method.cls, "task", "")
 
 
-def validate(cfg: DictConfig) -> Validated:
-    top = {"dataset", "model", "method", "metric", "logger", "run", "cache", "reference"}
-    for key in cfg.keys():
-        if key not in top and key != "hydra":
-            raise ConfigError(
-                f"Unknown top-level config key '{key}'. Valid keys: {', '.join(sorted(top))}." + did_you_mean(key, top)
-            )
-    method = validate_method(cfg.method)
-    if method.extract.steps != 1:
-        raise ConfigError(
-            f"method.extract.steps={method.extract.steps}: evaluation runs one pass on each real image (steps=1); "
-            "generation from noise over several steps is `python -m benchmark.generate`"
-        )
-    logger = to_dataclass(cfg.get("logger", {}), LoggerConfig, "logger")
+class _Collector:
+    """Runs section validators, keeping every ConfigError's problems instead of the first."""
+
+    def __init__(self) -> None:
+        self.problems: List[str] = []
+
+    def __call__(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ConfigError as err:
+            self.problems.extend(err.problems)
+        except OmegaConfBaseException as err:  # e.g. an interpolation that does not resolve
+            key = getattr(err, "full_key", None) or "?"
+            self.problems.append(f"config key '{key}': {str(err).splitlines()[0]}")
+        return None
+
+    def add(self, message: str) -> None:
+        self.problems.append(message)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise ConfigError(*dict.fromkeys(self.problems))  # each problem once, in order
+
+
+def _validate_logger(node: Any) -> LoggerConfig:
+    logger = to_dataclass(node, LoggerConfig, "logger")
     choice(logger.name, LOGGERS, "logger.name")
     choice(logger.mode, WANDB_MODES, "logger.mode")
-    cache = to_dataclass(cfg.get("cache", {}), CacheConfig, "cache")
+    return logger
+
+
+def _validate_cache(node: Any) -> CacheConfig:
+    cache = to_dataclass(node, CacheConfig, "cache")
     choice(cache.dtype, ("float16", "bfloat16", "float32"), "cache.dtype")
-    run = to_dataclass(cfg.get("run", {}), RunConfig, "run")
+    return cache
+
+
+def _validate_run(node: Any) -> RunConfig:
+    run = to_dataclass(node, RunConfig, "run")
     if run.batch_size < 1:
         raise ConfigError(f"run.batch_size must be >= 1, got {run.batch_size}")
-    reference = _plain(cfg.get("reference", None))
+    return run
+
+
+def _validate_reference(node: Any) -> Optional[Dict[str, Any]]:
+    reference = _plain(node)
     if reference:
         from benchmark.tables import published_numbers
 
@@ -273,11 +456,57 @@ def validate(cfg: DictConfig) -> Validated:
             published_numbers(reference)  # a missing entry fails now, not after the last image
         except KeyError as err:
             raise ConfigError(f"reference: {err.args[0]}") from None
+    return reference
+
+
+def _validate_steps(method: MethodSpec) -> None:
+    if method.extract.steps != 1:
+        raise ConfigError(
+            f"method.extract.steps={method.extract.steps}: evaluation runs one pass on each real image (steps=1); "
+            "generation from noise over several steps is `python -m benchmark.generate`"
+        )
+
+
+def _method_task_by_name(node: Any) -> Optional[str]:
+    """The output kind of the configured method when its section did not validate (so the
+    metric section can still be checked): None when the method name itself is unknown."""
+    from methods import METHODS, get_method
+
+    name = (_plain(node) or {}).get("name", "") if isinstance(_plain(node), Mapping) else ""
+    if name not in METHODS:
+        return None
+    try:
+        return getattr(get_method(name), "task", "")
+    except (ImportError, TypeError):  # a broken plugin: validate_method has reported it
+        return None
+
+
+def validate(cfg: DictConfig) -> Validated:
+    """Every section checked; every problem found is reported in one ConfigError."""
+    top = {"dataset", "model", "method", "metric", "logger", "run", "cache", "reference"}
+    check = _Collector()
+    for key in cfg.keys():
+        if key not in top and key != "hydra":
+            check.add(
+                f"Unknown top-level config key '{key}'. Valid keys: {', '.join(sorted(top))}." + did_you_mean(key, top)
+            )
+    method = check(validate_method, cfg.method)
+    if method is not None:
+        check(_validate_steps, method)
+    logger = check(_validate_logger, cfg.get("logger", {}))
+    cache = check(_validate_cache, cfg.get("cache", {}))
+    run = check(_validate_run, cfg.get("run", {}))
+    reference = check(_validate_reference, cfg.get("reference", None))
+    dataset = check(validate_dataset, cfg.dataset)
+    model = check(validate_model, cfg.model)
+    task = method_task(method) if method is not None else check(_method_task_by_name, cfg.method)
+    metric = check(validate_metric, cfg.get("metric", {"name": "auto"}), task) if task is not None else None
+    check.raise_if_any()
     return Validated(
-        dataset=validate_dataset(cfg.dataset),
-        model=validate_model(cfg.model),
+        dataset=dataset,
+        model=model,
         method=method,
-        metric=validate_metric(cfg.get("metric", {"name": "auto"}), method_task(method)),
+        metric=metric,
         logger=logger,
         run=run,
         cache=cache,

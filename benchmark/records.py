@@ -113,7 +113,9 @@ class RecordStore:
         records: Dict[str, ImageRecord] = {}
         for path in sorted(self.run_dir.glob("records.rank*.jsonl")):
             header, recs = self._read_file(path)
-            if header is not None and header != self.fingerprint:
+            # a header without records (a run that stopped before its first image) holds
+            # nothing of another configuration: open() starts that file afresh
+            if header is not None and header != self.fingerprint and recs:
                 diff = sorted(k for k in set(header) | set(self.fingerprint) if header.get(k) != self.fingerprint.get(k))
                 raise RunMismatchError(
                     f"{path} holds records of a different configuration (differs in: {', '.join(diff)}). "
@@ -124,11 +126,19 @@ class RecordStore:
 
     # -- writing ---------------------------------------------------------------------------
     def open(self) -> None:
+        """Ready to append. The file itself is created by the first record, so a run that
+        stops before its first image writes nothing into the run directory."""
+        self._pending = True
+
+    def _open_file(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
+            header, recs = self._read_file(self.path)
+            new = not recs and header != self.fingerprint  # a header-only file of another config
+        if not new:
             self._repair_tail()
-        self._fh = open(self.path, "a", encoding="utf-8")
+        self._fh = open(self.path, "w" if new else "a", encoding="utf-8")
         if new:
             self._write({"kind": HEADER_KIND, "fingerprint": self.fingerprint})
 
@@ -142,6 +152,9 @@ class RecordStore:
                 fh.truncate()
 
     def _write(self, row: Dict[str, Any]) -> None:
+        if self._fh is None and getattr(self, "_pending", False):
+            self._pending = False
+            self._open_file()
         assert self._fh is not None, "RecordStore.open() first"
         self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
         self._fh.flush()
@@ -151,6 +164,7 @@ class RecordStore:
         self._write(record.to_json())
 
     def close(self) -> None:
+        self._pending = False
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -11,11 +11,15 @@ runs of several methods and datasets) one combined table has a row per (job,
 configuration) and a column per parameter that differs, ``summary.*`` is the method ×
 dataset table of the headline metric (:mod:`benchmark.summary`), and a sweep page
 ``report.html`` shows them with the metric-vs-parameter figures.
+A sweep job that failed (its ``error.json``) and a run directory that cannot be read are
+rows of the combined table with status ``failed`` / ``unreadable`` and the error, and are
+named on stderr; reading a single such directory is an error naming it.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -25,19 +29,54 @@ from benchmark.records import from_frame, sum_counts
 from benchmark.tables import notes_for, results_frame, to_latex, to_markdown, write_tables
 
 
+FAILED_JOB_FILE = "error.json"  # written by a failed multirun job (benchmark.__main__)
+HYDRA_JOB_CONFIG = ".hydra/config.yaml"  # every Hydra job folder, finished or not
+RUN_MARKERS = ("metrics.json", FAILED_JOB_FILE, HYDRA_JOB_CONFIG)
+
+
 def find_runs(paths: Sequence[Path]) -> List[Path]:
+    """Run directories under ``paths``: folders with ``metrics.json`` or a failed job's
+    ``error.json``."""
     runs = []
     for p in paths:
         p = Path(p)
         if not p.exists():
             raise FileNotFoundError(f"benchmark.report: {p} does not exist")
-        if (p / "metrics.json").is_file():
+        if any((p / m).is_file() for m in RUN_MARKERS):
             runs.append(p)
         else:
-            runs.extend(sorted(m.parent for m in p.rglob("metrics.json")))
+            runs.extend(_run_dir_of(m, marker) for marker in RUN_MARKERS for m in p.rglob(marker))
     if not runs:
         raise FileNotFoundError(f"benchmark.report: no metrics.json under {', '.join(map(str, paths))}")
     return sorted(set(runs))
+
+
+def _run_dir_of(path: Path, marker: str) -> Path:
+    return path.parents[len(Path(marker).parts) - 1]
+
+
+def failed_job(run_dir: Path) -> Optional[Dict[str, Any]]:
+    """The failure a multirun job recorded in ``run_dir``; a Hydra job folder with neither
+    results nor a recorded failure is ``incomplete`` (the job died or still runs). None when
+    the folder holds results of a job whose last attempt did not fail."""
+    path = Path(run_dir) / FAILED_JOB_FILE
+    if not path.is_file():
+        if (Path(run_dir) / "metrics.json").is_file() or not (Path(run_dir) / HYDRA_JOB_CONFIG).is_file():
+            return None
+        from omegaconf import OmegaConf
+
+        try:
+            config = OmegaConf.to_container(OmegaConf.load(Path(run_dir) / HYDRA_JOB_CONFIG), resolve=False)
+        except Exception:
+            config = {}
+        return {"run_dir": Path(run_dir), "status": "incomplete", "config": config, "user_error": False,
+                "error": f"no metrics.json in {run_dir}: the job did not finish (see its .log file)"}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        data = {"error": f"{path} is not readable JSON: {err}"}
+    return {"run_dir": Path(run_dir), "status": "failed", "error": str(data.get("error")),
+            "config": data.get("config") or {}, "user_error": bool(data.get("user_error"))}
 
 
 def recompute(run_dir: Path) -> Dict[str, Any]:
@@ -45,11 +84,16 @@ def recompute(run_dir: Path) -> Dict[str, Any]:
     from benchmark.config import json_safe, to_dataclass
     from benchmark.metrics import get_metric
 
+    from benchmark.config import InputError
+
     payload = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     cls = get_metric(payload["metric"])
     params = to_dataclass(payload.get("metric_params", {}), cls.Params, "metric")
     metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params)
-    records, points = from_frame(pd.read_parquet(run_dir / "per_image.parquet"))
+    frame = pd.read_parquet(run_dir / "per_image.parquet")
+    if frame.empty or "image_id" not in frame.columns:
+        raise InputError(f"{run_dir / 'per_image.parquet'} holds no per-image record (a run of no image)")
+    records, points = from_frame(frame)
     totals = sum_counts(records, len(points), metric.state_shapes())
     payload["results"] = [
         {"params": p, "metrics": json_safe(metric.compute(t))} for p, t in zip(points, totals)
@@ -70,8 +114,8 @@ def _flatten(d: Any, prefix: str = "") -> Dict[str, Any]:
 IGNORED_CONFIG_KEYS = ("hydra.", "run.", "logger.", "cache.")
 
 
-def differing_config_keys(payloads: Sequence[Dict[str, Any]]) -> List[str]:
-    flats = [_flatten(p["provenance"]["config"]) for p in payloads]
+def differing_config_keys(payloads: Sequence[Dict[str, Any]], failed: Sequence[Dict[str, Any]] = ()) -> List[str]:
+    flats = [_flatten(p["provenance"]["config"]) for p in payloads] + [_flatten(f.get("config") or {}) for f in failed]
     keys = sorted(set().union(*flats)) if flats else []
     return [
         k for k in keys
@@ -94,8 +138,12 @@ def swept_keys(payloads: Sequence[Dict[str, Any]]) -> List[str]:
     return ordered + sorted({k for p in payloads for k in p.get("grid_keys", [])} - set(ordered))
 
 
-def combined_frame(payloads: Sequence[Dict[str, Any]], run_dirs: Sequence[Path]) -> pd.DataFrame:
-    job_keys = differing_config_keys(payloads)
+def combined_frame(
+    payloads: Sequence[Dict[str, Any]], run_dirs: Sequence[Path], failed: Sequence[Dict[str, Any]] = ()
+) -> pd.DataFrame:
+    """One row per (job, configuration); with ``failed`` (see :func:`failed_job`) one row per
+    failed or unreadable job too, with ``status`` and ``error`` columns."""
+    job_keys = differing_config_keys(payloads, failed)
     frames = []
     for payload, run_dir in zip(payloads, run_dirs):
         frame = results_frame(payload)
@@ -104,8 +152,28 @@ def combined_frame(payloads: Sequence[Dict[str, Any]], run_dirs: Sequence[Path])
             frame.insert(3 + i, k, flat.get(k))
         frame.insert(0, "run", run_dir.name)
         frame["diffusion_passes"] = payload["diffusion_passes"]
+        if failed:
+            frame["status"] = "ok"
+            frame["error"] = None
         frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+    for entry in failed:
+        flat = _flatten(entry.get("config") or {})
+        row: Dict[str, Any] = {"run": Path(entry["run_dir"]).name}
+        for k in ("method", "dataset", "model"):
+            row[k] = flat.get(f"{k}.name")
+        row.update({k: flat.get(k) for k in job_keys})
+        row.update({"status": entry["status"], "error": entry["error"]})
+        frames.append(pd.DataFrame([row]))
+    frame = pd.concat(frames, ignore_index=True)
+    for col in ("n_images", "diffusion_passes"):  # counts stay integers beside failed rows
+        if failed and col in frame.columns:
+            frame[col] = pd.Series([None if pd.isna(v) else int(v) for v in frame[col]], dtype=object)
+    return frame.sort_values("run", kind="stable", key=_run_order).reset_index(drop=True) if failed else frame
+
+
+def _run_order(runs: pd.Series) -> pd.Series:
+    """Job folders (0, 1, ..., 10) in numeric order, other names after them."""
+    return runs.map(lambda r: (0, int(r), "") if str(r).isdigit() else (1, 0, str(r)))
 
 
 HEADLINE_ORDER = ("hIoU", "mIoU", "ACC", "aAcc")
@@ -359,40 +427,63 @@ def run_plots(run_dir: Path, payload: Dict[str, Any]) -> List[Path]:
 
 
 def report(paths: Sequence[Path], out: Optional[Path] = None, plots: bool = True) -> Dict[str, Any]:
-    """Recompute, re-table and re-plot runs; with several runs add the combined table, the
-    summary table and a sweep page. Returns {runs, combined, summary, written, payloads}."""
+    """Recompute, re-table and re-plot every run under ``paths``; with several runs add the
+    combined table, the summary table and a sweep page. Returns ``runs`` (the readable
+    ones), ``payloads``, ``failed`` (failed jobs and unreadable run directories, each named
+    on stderr), ``combined`` (a frame, or None for one run), ``summary``, ``written`` and
+    ``out``. Errors: FileNotFoundError (no run under ``paths``), InputError (the only run
+    found cannot be read)."""
+    from benchmark.config import InputError, error_message
     from benchmark.html_report import write_run_page, write_sweep_page
     from benchmark.summary import write_summary
 
-    runs = find_runs(paths)
-    payloads = []
+    found = find_runs(paths)
+    runs, payloads, failed = [], [], []
     written: List[Path] = []
-    for run_dir in runs:
-        payload = recompute(run_dir)
-        write_tables(payload, run_dir)
-        payloads.append(payload)
-        if plots:
-            figures = run_plots(run_dir, payload)
-            written += figures
-            written.append(write_run_page(run_dir, payload, figures))
-    out = Path(out) if out else (runs[0] if len(runs) == 1 else Path(paths[0]))
+    for run_dir in found:
+        entry = failed_job(run_dir)
+        if entry is None:
+            try:
+                payload = recompute(run_dir)
+            except Exception as err:  # a run directory that cannot be read: named, not fatal
+                entry = {"run_dir": run_dir, "status": "unreadable", "config": {},
+                         "error": f"{type(err).__name__}: {error_message(err)}"}
+            else:
+                write_tables(payload, run_dir)
+                runs.append(run_dir)
+                payloads.append(payload)
+                if plots:
+                    figures = run_plots(run_dir, payload)
+                    written += figures
+                    written.append(write_run_page(run_dir, payload, figures))
+                continue
+        failed.append(entry)
+        print(f"benchmark.report: {entry['status']} run {run_dir}: {entry['error']}", file=sys.stderr)
+    if not runs and len(found) == 1:
+        raise InputError(
+            "benchmark.report: no readable run under " + ", ".join(map(str, paths)) + ": "
+            + "; ".join(f"{e['run_dir']} ({e['status']}: {e['error']})" for e in failed)
+        )
+    out = Path(out) if out else (found[0] if len(found) == 1 else Path(paths[0]))
     out.mkdir(parents=True, exist_ok=True)
     combined = summary = None
-    if len(runs) > 1:
-        combined = combined_frame(payloads, runs)
+    if len(found) > 1:
+        combined = combined_frame(payloads, runs, failed)
         notes = sorted({n for p in payloads for n in notes_for(p)})
         (out / "combined.md").write_text(to_markdown(combined, notes), encoding="utf-8")
         combined.to_csv(out / "combined.csv", index=False)
         (out / "combined.tex").write_text(to_latex(combined, " ".join(notes)), encoding="utf-8")
         written += [out / "combined.md", out / "combined.csv", out / "combined.tex"]
-        summary, summary_files = write_summary(payloads, runs, out, notes)
-        written += summary_files
-        if plots:
-            swept = swept_keys(payloads)
-            figures = plot_metric_vs_params(combined, swept, out, payloads)
+        if payloads:
+            summary, summary_files = write_summary(payloads, runs, out, notes)
+            written += summary_files
+        if plots and payloads:
+            ok = combined[combined["status"] == "ok"].reset_index(drop=True) if "status" in combined else combined
+            figures = plot_metric_vs_params(ok, swept_keys(payloads), out, payloads)
             written += figures
             written.append(write_sweep_page(out, payloads, runs, combined, summary, figures))
-    return {"runs": runs, "combined": combined, "summary": summary, "written": written, "payloads": payloads, "out": out}
+    return {"runs": runs, "combined": combined, "summary": summary, "written": written, "payloads": payloads,
+            "failed": failed, "out": out}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -401,9 +492,19 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where combined tables/plots go (default: first path)")
     parser.add_argument("--no-plots", action="store_true", help="tables only: no figures, no report.html")
     args = parser.parse_args(argv)
-    result = report(args.paths, args.out, plots=not args.no_plots)
+    from benchmark.config import error_message, full_tracebacks, is_user_error
+
+    try:
+        result = report(args.paths, args.out, plots=not args.no_plots)
+    except Exception as err:
+        if not is_user_error(err) or full_tracebacks():
+            raise
+        print(f"Error: {error_message(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
     if result["summary"] is not None:
         print((result["out"] / "summary.md").read_text(encoding="utf-8"))
+    elif result["combined"] is not None:
+        print(to_markdown(result["combined"]))
     else:
         print(to_markdown(results_frame(result["payloads"][0]), notes_for(result["payloads"][0])))
     for p in result["written"]:

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed
-from benchmark.config import Validated, json_safe, params_dict, validate
+from benchmark.config import ConfigError, InputError, Validated, error_message, is_user_error, json_safe, params_dict, validate
 from benchmark.fileio import atomic_path, atomic_write_text
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
@@ -95,13 +95,50 @@ class Runner:
         self.rank, self.world_size, _ = distributed.world()
         self.v = validate(cfg)  # fails before any work on a bad config
         self.cache = None  # the attention cache of this invocation (cache.dir); keeps its own counts
+        self._checked = False
+
+    def check(self) -> None:
+        """Every start-up check, before anything is written to the run directory.
+
+        Builds the dataset (reads the split's file list; an empty selection fails here), the
+        method, the metric and any candidate filter, and reads the records already in the
+        run directory (records of another configuration fail here). Only a config that has
+        passed all of them gets its records file, logger or examples written, so a run that
+        fails at start leaves the directory as it found it. Errors: ConfigError (the
+        dataset's own checks included), RunMismatchError, the data layer's errors."""
+        if self._checked:
+            return
+        seed_everything(self.v.run.seed)
+        self._build()
+        self._check_selection()
+        self.fp = fingerprint(self.v)
+        self.store = RecordStore(self.run_dir, self.fp, rank=self.rank)
+        self.done = self.store.load_all() if self.v.run.resume else {}
+        self._checked = True
+
+    def _check_selection(self) -> None:
+        """An empty image selection is a config error, not an empty table."""
+        if len(self.dataset.ids):
+            return
+        d = self.v.dataset
+        found = getattr(self.dataset, "found_count", None)
+        raise ConfigError(
+            f"dataset={d.name}: the selection holds no image (found {found} in the split"
+            f"{'' if d.root is None else ' under ' + str(d.root)}; dataset.ids={d.ids!r}, dataset.limit={d.limit!r}). "
+            "Select at least one image (dataset.ids=null and dataset.limit=null select every image)."
+        )
 
     # -- building blocks -----------------------------------------------------------------
     def _build(self):
         from benchmark.data import build_dataset
 
         v = self.v
-        self.dataset = build_dataset(v.dataset)
+        try:
+            self.dataset = build_dataset(v.dataset)
+        except (ValueError, KeyError) as err:  # the dataset's own value checks (ids, columns, ...)
+            if is_user_error(err):
+                raise
+            raise ConfigError(f"dataset={v.dataset.name}: {error_message(err)}") from err
         self.method = v.method.cls(settings=v.method.settings, extract=v.method.extract)
         self.metric = v.metric.cls(
             num_classes=self.dataset.num_classes,
@@ -136,10 +173,13 @@ class Runner:
         elif mode is not None:
             from benchmark.candidates import resolve_candidates
 
-            ctx.candidates, ctx.caption = resolve_candidates(
-                mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
-                getattr(settings, "candidates_file", None), getattr(settings, "synonyms", None),
-            )
+            try:
+                ctx.candidates, ctx.caption = resolve_candidates(
+                    mode, sample.image_id, label, self.dataset.class_names, self.dataset.ignore_index,
+                    getattr(settings, "candidates_file", None), getattr(settings, "synonyms", None),
+                )
+            except (ValueError, KeyError) as err:  # the user's candidates file: not a bug
+                raise InputError(error_message(err)) from err
             if mode == "file" and getattr(settings, "captioner", "none") != "none":  # official: file + BLIP captions
                 ctx.caption = self._clip_filter().captions_for(sample.image, ctx.candidates, self.dataset.class_names)
         if getattr(self.method, "uses_class_synonyms", False):
@@ -147,7 +187,10 @@ class Runner:
         if self.v.method.name == "predictions":
             from benchmark.prediction_files import load_prediction
 
-            ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
+            try:
+                ctx.external = load_prediction(settings.dir, sample.image_id, ctx.out_size, settings.suffix)
+            except ValueError as err:  # the user's prediction file (size, values): not a bug
+                raise InputError(error_message(err)) from err
         return ctx
 
     def _clip_filter(self):
@@ -162,15 +205,12 @@ class Runner:
     def run(self) -> RunOutcome:
         started = now_iso()
         v = self.v
-        seed_everything(v.run.seed)
-        self._build()
-        fp = fingerprint(v)
-        store = RecordStore(self.run_dir, fp, rank=self.rank)
+        self.check()
+        store, done = self.store, self.done
         if not v.run.resume:
             if self.rank == 0:
                 store.move_aside()
             distributed.barrier()  # no rank may append before the old records are moved
-        done = store.load_all() if v.run.resume else {}
         ids = list(self.dataset.ids)
         mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
         todo = [i for i in mine if ids[i] not in done]
@@ -422,6 +462,7 @@ def run_benchmark(cfg: DictConfig, run_dir: Path) -> RunOutcome:
     from benchmark.loggers import NullLogger
 
     runner = Runner(cfg, run_dir)
+    runner.check()  # every check passes before the logger or the records write anything
     logger = make_logger(runner.v.logger, run_dir) if runner.rank == 0 else NullLogger()
     failed = True
     try:

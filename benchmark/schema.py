@@ -5,7 +5,7 @@ Validation against these dataclasses happens once, at start (``benchmark.config`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Callable, List, Optional
 
 
 @dataclass
@@ -60,3 +60,49 @@ class RunConfig:
     #: at the end of the run write its figures (metric vs grid axes, per-class IoU, one
     #: overlay figure per example) and a self-contained report.html into the run directory
     report: bool = True
+
+
+class SettingConflicts(ValueError):
+    """Every problem of one config section, found together (``problems``: one message each).
+
+    Raised by :meth:`Checks.done` from a plugin's ``__post_init__``; ``benchmark.config``
+    lists each problem in the one start-up error, so a user fixes every conflicting key in
+    one go instead of one per run."""
+
+    def __init__(self, problems: List[str]):
+        self.problems = [str(p) for p in problems]
+        super().__init__("; ".join(self.problems))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))
+
+
+class Checks:
+    """Collects the problems of a section's cross-key checks instead of stopping at the first.
+
+        checks = Checks()
+        checks.require(self.a > 0, f"method.a={self.a}: expected > 0")
+        checks.call(check_choice, self.b, CHOICES, "b")   # any check that raises ValueError
+        checks.done()                                     # SettingConflicts listing all of them
+    """
+
+    def __init__(self) -> None:
+        self.problems: List[str] = []
+
+    def require(self, ok: bool, message: str) -> bool:
+        if not ok:
+            self.problems.append(message)
+        return bool(ok)
+
+    def call(self, check: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        try:
+            return check(*args, **kwargs)
+        except SettingConflicts as err:
+            self.problems.extend(err.problems)
+        except ValueError as err:
+            self.problems.append(str(err))
+        return None
+
+    def done(self) -> None:
+        if self.problems:
+            raise SettingConflicts(self.problems)

@@ -40,6 +40,7 @@ import torch
 
 from benchmark.candidates import CANDIDATE_MODES, background_index
 from benchmark.registry import did_you_mean
+from benchmark.schema import Checks
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
 
 from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions, weights_by_side
@@ -172,35 +173,42 @@ class OpenVocabSettings:
     filter_download: bool = False
 
     def __post_init__(self) -> None:
-        check_choice(self.candidates, CANDIDATE_MODES, "candidates")
-        check_choice(self.bg_protocol, BG_PROTOCOLS, "bg_protocol")
-        check_choice(self.bg_sweep_tie, BG_SWEEP_TIES, "bg_sweep_tie")
-        check_choice(self.caption_splice, CAPTION_SPLICES, "caption_splice")
-        if self.candidates == "file" and not self.candidates_file:
-            raise ValueError("method.candidates=file needs method.candidates_file=PATH (a JSON file)")
-        if self.template.count(NAME_PLACEHOLDER) > 1:
-            raise ValueError(f"method.template={self.template!r}: at most one {NAME_PLACEHOLDER} placeholder")
-        check_choice(self.captioner, CAPTIONERS, "captioner")
-        # captions come from the CLIP filter's captioner or from a candidates file; any other
-        # combination would silently run without them
-        if self.captioner != "none" and self.candidates not in ("clip", "file"):
-            raise ValueError(
-                f"method.captioner={self.captioner} captions the candidates of the CLIP filter (method.candidates=clip) "
-                "or of a file (method.candidates=file, e.g. the official filter files); "
-                f"got method.candidates={self.candidates}"
-            )
-        if self.caption_prompt and not (self.candidates == "file" or (self.candidates == "clip" and self.captioner != "none")):
-            raise ValueError(
-                "method.caption_prompt=true needs captions: method.candidates=clip with method.captioner=blip, "
-                f"or method.candidates=file with captions in the file (got candidates={self.candidates}, "
-                f"captioner={self.captioner})"
-            )
-        check_choice(self.clip_text_match, CLIP_TEXT_MATCH, "clip_text_match")
+        # every conflicting setting is reported together (benchmark.schema.Checks)
+        checks = Checks()
+        checks.call(check_choice, self.candidates, CANDIDATE_MODES, "candidates")
+        checks.call(check_choice, self.bg_protocol, BG_PROTOCOLS, "bg_protocol")
+        checks.call(check_choice, self.bg_sweep_tie, BG_SWEEP_TIES, "bg_sweep_tie")
+        checks.call(check_choice, self.caption_splice, CAPTION_SPLICES, "caption_splice")
+        checks.require(
+            not (self.candidates == "file" and not self.candidates_file),
+            "method.candidates=file needs method.candidates_file=PATH (a JSON file)",
+        )
+        checks.require(
+            self.template.count(NAME_PLACEHOLDER) <= 1,
+            f"method.template={self.template!r}: at most one {NAME_PLACEHOLDER} placeholder",
+        )
+        checks.call(check_choice, self.captioner, CAPTIONERS, "captioner")
+        # captions come from the CLIP filter's captioner or caption a file's candidates (the
+        # official pipeline); any other combination would silently run without them
+        checks.require(
+            not (self.captioner != "none" and self.candidates not in ("clip", "file")),
+            f"method.captioner={self.captioner} captions the candidates of the CLIP filter (method.candidates=clip) "
+            "or of a file (method.candidates=file, e.g. the official filter files); "
+            f"got method.candidates={self.candidates} (or set method.captioner=none)",
+        )
+        checks.require(
+            not (self.caption_prompt and not (self.candidates == "file" or (self.candidates == "clip" and self.captioner != "none"))),
+            "method.caption_prompt=true needs captions: method.candidates=clip with method.captioner=blip, "
+            f"or method.candidates=file with captions in the file (got candidates={self.candidates}, "
+            f"captioner={self.captioner}); or set method.caption_prompt=false",
+        )
+        checks.call(check_choice, self.clip_text_match, CLIP_TEXT_MATCH, "clip_text_match")
         for name, names in (self.synonyms or {}).items():
-            if isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names):
-                raise ValueError(
-                    f"method.synonyms[{name!r}]={names!r}: expected a non-empty list of names, e.g. [{name!r}, 'other name']"
-                )
+            checks.require(
+                not (isinstance(names, str) or not names or not all(isinstance(n, str) and n.strip() for n in names)),
+                f"method.synonyms[{name!r}]={names!r}: expected a non-empty list of names, e.g. [{name!r}, 'other name']",
+            )
+        checks.done()
 
 
 def check_token_rule(rule: str) -> str:
