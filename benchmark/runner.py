@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed
 from benchmark.config import Validated, json_safe, params_dict, validate
-from benchmark.fileio import atomic_path, atomic_write_text
+from benchmark.fileio import atomic_path, atomic_write_text, naming_path
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
 from benchmark.tables import published_numbers, write_tables
@@ -287,7 +287,8 @@ class Runner:
                 example = Example(sample.image_id, sample.image, sample.label, pred)
                 examples.append(example)
                 if self.rank == 0:
-                    save_example(self.run_dir / "examples", example)
+                    with naming_path(self.run_dir / "examples", "example images in"):
+                        save_example(self.run_dir / "examples", example)
         return record
 
     # -- results -----------------------------------------------------------------------------
@@ -375,7 +376,8 @@ class Runner:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=False))
         with atomic_path(self.run_dir / "per_image.parquet") as tmp:
             to_frame(recs, points).to_parquet(tmp, index=False, engine="pyarrow")
-        write_tables(payload, self.run_dir)
+        with naming_path(self.run_dir, "the result tables (table.md, table.csv, table.tex) in"):
+            write_tables(payload, self.run_dir)
 
 
 def print_summary(outcome: RunOutcome) -> None:
