@@ -165,9 +165,14 @@ class Runner:
         done = store.load_all() if v.run.resume else {}
         ids = list(self.dataset.ids)
         mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
-        todo = [i for i in mine if ids[i] not in done]
+        # an image skipped by an earlier run (dataset.on_error=skip) is tried again: its file may be fixed now
+        todo = [i for i in mine if ids[i] not in done or done[ids[i]].status != "ok"]
         if done:
-            log.info("resuming: %d of %d images already recorded in %s", len(ids) - len(todo), len(ids), self.run_dir)
+            retried = sum(1 for i in todo if ids[i] in done)
+            log.info(
+                "resuming: %d of %d images already recorded in %s%s", len(mine) - len(todo), len(mine), self.run_dir,
+                f"; retrying {retried} image(s) skipped before" if retried else "",
+            )
 
         model = cache = None
         if todo and self.method.needs_diffusion:
@@ -380,13 +385,25 @@ class Runner:
             write_tables(payload, self.run_dir)
 
 
+def skipped_summary(payload: Dict[str, Any], shown: int = 3) -> str:
+    """`` (1 of 6 skipped: 0003; retried on the next run)`` for the summary line; "" when none."""
+    skipped = payload.get("skipped") or []
+    if not skipped:
+        return ""
+    ids = ", ".join(s["image_id"] for s in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return (
+        f" ({len(skipped)} of {payload.get('n_expected', '?')} SKIPPED, unreadable: {ids}; not in these numbers, "
+        "retried on the next run; reasons in metrics.json)"
+    )
+
+
 def print_summary(outcome: RunOutcome) -> None:
     """The human-readable end of a run: the table, and the pipeline-check warning."""
     table = (outcome.run_dir / "table.md").read_text(encoding="utf-8")
     print(table)
     p = outcome.payload
     print(
-        f"{p['n_images']} images, {p['diffusion_passes']} diffusion passes "
+        f"{p['n_images']} images{skipped_summary(p)}, {p['diffusion_passes']} diffusion passes "
         f"({outcome.passes_this_run} run now), {len(p['results'])} configuration(s) -> {outcome.run_dir}"
     )
     if p.get("random_weights"):
