@@ -44,7 +44,8 @@ def recompute(run_dir: Path) -> Dict[str, Any]:
     payload = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     cls = get_metric(payload["metric"])
     params = to_dataclass(payload.get("metric_params", {}), cls.Params, "metric")
-    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params)
+    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params,
+                 void_value=payload.get("void_value"))
     records, points = from_frame(pd.read_parquet(run_dir / "per_image.parquet"))
     totals = sum_counts(records, len(points), metric.state_shapes())
     payload["results"] = [

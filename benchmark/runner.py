@@ -104,6 +104,7 @@ class Runner:
             class_names=self.dataset.class_names,
             ignore_index=self.dataset.ignore_index,
             params=v.metric.params,
+            void_value=self._void_value(),
         )
         if getattr(v.method.settings, "candidates", None) == "clip":
             self._clip_filter()  # loads CLIP (and the captioner) now: fail at start if absent
@@ -114,6 +115,10 @@ class Runner:
                 r = self.method.attention_request(p)
                 request = r if request is None else request.union(r)
             self.request = request
+
+    def _void_value(self):
+        """``method.void_value`` of methods that have one (method=predictions), else None."""
+        return getattr(self.v.method.settings, "void_value", None)
 
     def _context(self, sample: Sample) -> SegmentContext:
         label = sample.label
@@ -318,6 +323,7 @@ class Runner:
             "metric_params": json_safe(dataclasses.asdict(v.metric.params)),
             "class_names": list(self.dataset.class_names),
             "ignore_index": int(self.dataset.ignore_index),
+            "void_value": self._void_value(),
             "n_images": len(ok),
             "n_expected": len(self.dataset.ids),
             "skipped": sorted(({"image_id": r.image_id, "reason": r.reason} for r in recs if r.status != "ok"),

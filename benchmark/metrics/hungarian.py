@@ -16,6 +16,7 @@ from .base import Metric, NoParams
 from .counting import (
     check_pred_range,
     checked_state,
+    decided,
     flat_pair,
     iou,
     joint_histogram,
@@ -23,6 +24,7 @@ from .counting import (
     per_class,
     percent,
     ratio,
+    split_void,
     valid_pixels,
 )
 
@@ -61,28 +63,41 @@ class HungarianDataset(Metric):
     a pseudo-class row for the unmatched clusters whose IoU 0 enters the mean.
 
     K < C: only K classes get a cluster; the others have TP = FP = 0, so IoU 0 if present.
+
+    With ``method.void_value`` the state adds ``undecided`` (C,): valid pixels predicted the
+    void value, per class; they add to that class's FN and to the ACC denominator.
     """
 
     name = "hungarian_dataset"
     Params = HungarianDatasetParams
 
-    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None):
-        super().__init__(num_classes, class_names, ignore_index, params)
+    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None,
+                 void_value: Optional[int] = None):
+        super().__init__(num_classes, class_names, ignore_index, params, void_value)
         k = self.params.num_clusters
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"metric {self.name}: num_clusters must be a positive integer or null (= C), got {k!r}")
         self.num_clusters = self.num_classes if k is None else int(k)
+        self.check_void_value(self.num_clusters, "cluster ids")
 
     def state_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        return {"histogram": (self.num_clusters, self.num_classes)}
+        shapes = {"histogram": (self.num_clusters, self.num_classes)}
+        if self.void_value is not None:  # valid pixels predicted void_value, per label class
+            shapes["undecided"] = (self.num_classes,)
+        return shapes
 
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
         check_pred_range(
-            pred_flat, self.num_clusters, image_id, f"cluster ids for metric.num_clusters={self.num_clusters}"
+            decided(pred_flat, self.void_value), self.num_clusters, image_id,
+            f"cluster ids for metric.num_clusters={self.num_clusters}",
         )
         pred_v, label_v = valid_pixels(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
-        return {"histogram": joint_histogram(pred_v, label_v, self.num_clusters, self.num_classes)}
+        pred_v, label_v, undecided = split_void(pred_v, label_v, self.void_value, self.num_classes)
+        counts = {"histogram": joint_histogram(pred_v, label_v, self.num_clusters, self.num_classes)}
+        if undecided is not None:
+            counts["undecided"] = undecided
+        return counts
 
     def match(self, histogram: np.ndarray) -> np.ndarray:
         """cluster_of_class (C,): the cluster matched to each class, -1 for none."""
@@ -92,7 +107,9 @@ class HungarianDataset(Metric):
         return cluster_of_class
 
     def compute(self, state: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-        histogram = checked_state(state, self.state_shapes(), self.name)["histogram"]
+        checked = checked_state(state, self.state_shapes(), self.name)
+        histogram = checked["histogram"]
+        undecided = checked.get("undecided", np.zeros(self.num_classes, dtype=np.int64))
         cluster_of_class = self.match(histogram)
         matched = cluster_of_class >= 0
         classes = np.flatnonzero(matched)
@@ -101,8 +118,8 @@ class HungarianDataset(Metric):
         fp = np.zeros(self.num_classes, dtype=np.int64)
         tp[classes] = histogram[clusters, classes]
         fp[classes] = histogram[clusters].sum(axis=1) - tp[classes]
-        fn = histogram.sum(axis=0) - tp
-        scores = matched_scores(tp, fp, fn, int(histogram.sum()), self.class_names)
+        fn = histogram.sum(axis=0) - tp + undecided
+        scores = matched_scores(tp, fp, fn, int(histogram.sum() + undecided.sum()), self.class_names)
         assignment: List[Optional[int]] = [None] * self.num_clusters
         for cls_idx, cluster in zip(classes.tolist(), clusters.tolist()):
             assignment[cluster] = cls_idx
@@ -130,6 +147,8 @@ class HungarianImage(Metric):
     collects its pixels as FP.
 
     State: ``tp``, ``fp``, ``fn`` (C,) and ``valid`` (1,) = number of valid pixels.
+    With ``method.void_value`` its pixels belong to no segment: each adds to the FN of its
+    label's class and stays valid (mmseg's rule for a prediction outside the classes).
     IoU_c = TP/(TP+FP+FN) over the summed counts, mIoU = nan-mean, ACC = sum TP / valid.
     """
 
@@ -142,17 +161,20 @@ class HungarianImage(Metric):
 
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
-        check_pred_range(pred_flat, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
-        n_cols = max(self.num_classes, int(pred_flat.max()) + 1 if pred_flat.size else 0)
+        segments = decided(pred_flat, self.void_value)  # method.void_value pixels belong to no segment
+        check_pred_range(segments, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
+        n_cols = max(self.num_classes, int(segments.max()) + 1 if segments.size else 0)
         pred_v, label_v = valid_pixels(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
+        n_valid = label_v.size
+        pred_v, label_v, undecided = split_void(pred_v, label_v, self.void_value, self.num_classes)
         hist = joint_histogram(label_v, pred_v, self.num_classes, n_cols)
         rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C) since C <= P
         tp = hist[rows, cols]
         return {
             "tp": tp,
             "fp": hist.sum(axis=0)[cols] - tp,
-            "fn": hist.sum(axis=1)[rows] - tp,
-            "valid": np.array([label_v.size], dtype=np.int64),
+            "fn": hist.sum(axis=1)[rows] - tp + (0 if undecided is None else undecided),
+            "valid": np.array([n_valid], dtype=np.int64),
         }
 
     def compute(self, state: Mapping[str, np.ndarray]) -> Dict[str, Any]:
