@@ -61,7 +61,7 @@ def naming_path(path: PathLike, what: str = "file") -> Iterator[None]:
                 "already written"
             )
         else:
-            message = f"cannot write {what} {path}: {reason}"
+            message = f"cannot write {what} at {path}: {reason}"
         raise FileWriteError(message, path, err.errno) from err
 
 

@@ -297,7 +297,7 @@ class Runner:
                 example = Example(sample.image_id, sample.image, sample.label, pred)
                 examples.append(example)
                 if self.rank == 0:
-                    with naming_path(self.run_dir / "examples", "example images in"):
+                    with naming_path(self.run_dir / "examples", "example images"):
                         save_example(self.run_dir / "examples", example)
         return record
 
@@ -387,12 +387,12 @@ class Runner:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=False))
         with atomic_path(self.run_dir / "per_image.parquet") as tmp:
             to_frame(recs, points).to_parquet(tmp, index=False, engine="pyarrow")
-        with naming_path(self.run_dir, "the result tables (table.md, table.csv, table.tex) in"):
+        with naming_path(self.run_dir, "the result tables (table.md, table.csv, table.tex)"):
             write_tables(payload, self.run_dir)
 
 
 def skipped_summary(payload: Dict[str, Any], shown: int = 3) -> str:
-    """`` (1 of 6 skipped: 0003; retried on the next run)`` for the summary line; "" when none."""
+    """`` (1 of 6 SKIPPED, unreadable: img3; ...)`` for the summary line; "" when nothing was skipped."""
     skipped = payload.get("skipped") or []
     if not skipped:
         return ""

@@ -138,6 +138,6 @@ def test_atomic_write_error_names_the_target(tmp_path, monkeypatch):
 
     monkeypatch.setattr(fileio, "_sync", failing)
     target = tmp_path / "out.json"
-    with pytest.raises(FileWriteError, match=rf"cannot write file {target}: \[Errno 5\] Input/output error"):
+    with pytest.raises(FileWriteError, match=rf"cannot write file at {target}: \[Errno 5\] Input/output error"):
         atomic_write_text(target, "{}")
     assert not list(tmp_path.iterdir())

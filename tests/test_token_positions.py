@@ -56,7 +56,7 @@ def test_diningtable_is_not_table(sd_text, clip_tokenizer):
     assert clip_tokenizer.convert_ids_to_tokens(clip_tokenizer("diningtable").input_ids[1:-1]) == ["din", "ing", "table</w>"]
     assert sd_text.token_positions("a diningtable and a table", "table") == [7]
     assert sd_text.token_positions("a photo of a diningtable", "diningtable") == [5, 6, 7]
-    with pytest.raises(ValueError, match=r"'table'.*not found as a whole word.*'a photo of a diningtable'.*only inside 'diningtable'"):
+    with pytest.raises(ValueError, match=r"'table'.*not found in the 77-token.*'a photo of a diningtable' as whole words.*only inside 'diningtable'"):
         sd_text.token_positions("a photo of a diningtable", "table")
 
 
@@ -64,5 +64,5 @@ def test_multi_word_names_and_punctuation_are_word_boundaries(sd_text):
     assert sd_text.token_positions("a photo of a dining table", "dining table") == [5, 6]
     assert sd_text.token_positions("a photo of a tv-monitor.", "monitor") == [7]
     assert sd_text.token_positions("A Boat, a boat", "boat") == [2]  # CLIP lower-cases; offsets are of the text
-    with pytest.raises(ValueError, match="not found as a whole word"):
+    with pytest.raises(ValueError, match="not found in the 77-token.*as whole words"):
         sd_text.token_positions("two boathouse", "boat")

@@ -147,8 +147,8 @@ class DiffusionModel:
             inside.append(_enclosing_word(text, first, last))
         where = f"; it occurs only inside {', '.join(repr(w) for w in inside)}" if inside else ""
         raise ValueError(
-            f"word {word!r} (tokens {word_ids}) not found as a whole word in the {self.max_length}-token sequence of "
-            f"prompt {text!r} (tokens {ids}){where}; the word must appear in the prompt as whole words and within "
+            f"word {word!r} (tokens {word_ids}) not found in the {self.max_length}-token sequence of prompt {text!r} "
+            f"as whole words (tokens {ids}){where}; the word must appear in the prompt as whole words and within "
             "the first tokens"
         )
 
