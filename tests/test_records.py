@@ -31,26 +31,27 @@ def _image_lines(path: Path):
             if line.startswith('{"kind":"image"')]
 
 
-@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\xff\xfe garbage", b'{"kind":"image","image_id":5}', b"[1, 2]"])
-def test_garbage_line_in_the_middle_keeps_every_valid_record(tmp_path, caplog, garbage):
+GARBAGE = [b"[1, 2]", b"\x00\x00\x00\xff\xfe garbage", b'{"kind":"image","image_id":5}']
+
+
+def test_garbage_lines_in_the_middle_keep_every_valid_record(tmp_path, caplog):
     args = _predictions_run(tmp_path)
     fresh = run_with_overrides(args, tmp_path / "fresh")
     records = tmp_path / "fresh" / "records.rank0.jsonl"
-    lines = records.read_bytes().split(b"\n")
-    assert len(_image_lines(records)) == 4
+    header, r1, r2, r3, r4 = records.read_bytes().split(b"\n")[:5]
     damaged = tmp_path / "damaged"
     damaged.mkdir()
-    # header, image 1, GARBAGE instead of image 2, images 3 and 4
-    (damaged / "records.rank0.jsonl").write_bytes(b"\n".join(lines[:2] + [garbage] + lines[3:]))
-    lost = json.loads(lines[2])["image_id"]
+    # header, image 1, a stray JSON list, non-UTF-8 bytes instead of image 2, a non-record instead of image 3, image 4
+    (damaged / "records.rank0.jsonl").write_bytes(b"\n".join([header, r1, GARBAGE[0], GARBAGE[1], GARBAGE[2], r4, b""]))
+    lost = [json.loads(r)["image_id"] for r in (r2, r3)]
     with caplog.at_level(logging.WARNING, logger="benchmark.records"):
         again = run_with_overrides(args, damaged)
-    assert f"{damaged / 'records.rank0.jsonl'}: line(s) 3 are damaged" in caplog.text
+    assert f"{damaged / 'records.rank0.jsonl'}: line(s) 3, 4, 5 are damaged" in caplog.text
     assert again.payload["results"] == fresh.payload["results"]
-    # the three valid records were kept, only the lost image was computed again
+    # the two valid records were kept, only the two lost images were computed again
     kept = _image_lines(damaged / "records.rank0.jsonl")
-    assert [r["image_id"] for r in kept][-1] == lost and len(kept) == 4
-    assert (damaged / "records.rank0.jsonl.corrupt").read_bytes() == garbage + b"\n"
+    assert [r["image_id"] for r in kept] == [json.loads(r1)["image_id"], json.loads(r4)["image_id"]] + lost
+    assert (damaged / "records.rank0.jsonl.corrupt").read_bytes() == b"\n".join(GARBAGE) + b"\n"
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="benchmark.records"):
         run_with_overrides(args, damaged)  # the file is clean now

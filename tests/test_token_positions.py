@@ -1,8 +1,9 @@
 """DiffusionModel.token_positions finds words as whole words, with the real CLIP BPE (issue 14.9)."""
 from __future__ import annotations
 
-import copy
+import functools
 import gzip
+import types
 from pathlib import Path
 
 import pytest
@@ -36,11 +37,14 @@ def clip_tokenizer():
 
 
 @pytest.fixture()
-def sd_text(tiny_model, clip_tokenizer):
-    """The tiny model's text side with the real tokenizer (a copy: the session model is untouched)."""
-    model = copy.copy(tiny_model)
-    model.tokenizer = clip_tokenizer
-    return model
+def sd_text(clip_tokenizer):
+    """DiffusionModel's text side with SD's tokenizer: token_positions reads only ``tokenizer``
+    and ``max_length``, so no UNet / VAE / text encoder is built."""
+    from benchmark.models.diffusion import DiffusionModel
+
+    text_side = types.SimpleNamespace(tokenizer=clip_tokenizer, max_length=77)
+    text_side.token_positions = functools.partial(DiffusionModel.token_positions, text_side)
+    return text_side
 
 
 def test_a_word_is_not_found_in_the_tail_of_a_compound(sd_text, clip_tokenizer):
