@@ -7,9 +7,7 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from benchmark.compose import run_with_overrides
 from benchmark.fileio import FileWriteError, atomic_write_text
