@@ -6,19 +6,63 @@ renamed over the target with ``os.replace``: a reader sees the old file or the c
 new one, never a partial one, and two processes writing the same target at once each
 use their own temporary name (the last rename wins). The temporary file is removed on
 any error, KeyboardInterrupt included.
+
+A write that fails (a full disk above all: ``[Errno 28]`` from ``write``/``fsync`` carries
+no file name) is re-raised by :func:`naming_path` as :class:`FileWriteError`, whose
+message names the file, what it is and, for a full disk or quota, what to do.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Union
 
 PathLike = Union[str, Path]
 
 #: mode of written files: mkstemp creates 0600 files, shared outputs need the usual mode
 FILE_MODE = 0o644
+
+#: errno values of a file system with no room left (full disk, exhausted quota)
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class FileWriteError(OSError):
+    """Writing ``path`` failed; the message names the file (``errno`` is the original one)."""
+
+    def __init__(self, message: str, path: Optional[PathLike] = None, code: Optional[int] = None):
+        super().__init__(message)
+        self.path = None if path is None else str(path)
+        self.errno = code
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.path, self.errno))
+
+
+@contextlib.contextmanager
+def naming_path(path: PathLike, what: str = "file") -> Iterator[None]:
+    """Re-raise an OSError of the block that does not name its file (or a full disk / quota,
+    whatever it names) as FileWriteError naming ``what`` and ``path``; others (e.g. a
+    FileNotFoundError naming the missing path) pass unchanged."""
+    try:
+        yield
+    except FileWriteError:
+        raise
+    except OSError as err:
+        if err.errno not in NO_SPACE and err.filename is not None:
+            raise
+        reason = f"[Errno {err.errno}] {err.strerror or err}"
+        if err.errno in NO_SPACE:
+            message = (
+                f"no space left on the file system holding {path} while writing {what} ({reason}); free space "
+                "there or write elsewhere (hydra.run.dir=..., cache.dir=...); a rerun resumes from the records "
+                "already written"
+            )
+        else:
+            message = f"cannot write {what} at {path}: {reason}"
+        raise FileWriteError(message, path, err.errno) from err
 
 
 @contextlib.contextmanager
@@ -32,14 +76,16 @@ def atomic_path(target: PathLike, mode: int = FILE_MODE) -> Iterator[Path]:
             image.save(tmp, format="PNG")  # name the format: the suffix is .tmp
     """
     target = Path(target)
-    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
+    with naming_path(target):
+        handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        os.close(handle)
     temp = Path(temp_name)
     try:
-        yield temp
-        _sync(temp)
-        os.chmod(temp, mode)
-        os.replace(temp, target)
+        with naming_path(target):
+            yield temp
+            _sync(temp)
+            os.chmod(temp, mode)
+            os.replace(temp, target)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise

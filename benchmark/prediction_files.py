@@ -6,7 +6,9 @@ from typing import Tuple
 
 import numpy as np
 import torch
-from PIL import Image
+
+from benchmark.data.errors import DatasetFileError
+from benchmark.data.io import read_label
 
 
 def load_prediction(directory: str, image_id: str, expected_hw: Tuple[int, int], suffix: str = ".png") -> torch.Tensor:
@@ -15,18 +17,12 @@ def load_prediction(directory: str, image_id: str, expected_hw: Tuple[int, int],
     if not path.is_file():
         raise FileNotFoundError(
             f"method=predictions: no prediction for image {image_id!r}: expected file {path} "
-            f"(a single-channel 8- or 16-bit PNG of size {expected_hw[1]}x{expected_hw[0]})"
+            f"(a single-channel label PNG of size {expected_hw[1]}x{expected_hw[0]})"
         )
     try:
-        with Image.open(path) as img:
-            if img.mode not in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                raise ValueError(
-                    f"method=predictions: {path} (image {image_id!r}) has mode {img.mode!r}; expected a "
-                    "single-channel 8- or 16-bit PNG of label ids (mode L, P or I;16)"
-                )
-            arr = np.array(img)
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"method=predictions: cannot read {path} (image {image_id!r}): {err}") from err
+        arr = read_label(path, str(path), image_id)  # every single-channel encoding, as label values
+    except DatasetFileError as err:
+        raise ValueError(f"method=predictions: prediction for image {image_id!r}: {err}") from err
     if arr.shape != tuple(expected_hw):
         raise ValueError(
             f"method=predictions: {path} (image {image_id!r}) is {arr.shape[0]}x{arr.shape[1]} (HxW) but the "

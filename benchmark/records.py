@@ -5,6 +5,13 @@ image) to ``records.<rank>.jsonl`` and flushes it, so a killed run loses at most
 in flight; a truncated last line is ignored on resume. At the end the records become
 ``per_image.parquet``: one row per (configuration, image) with the metric's count arrays
 stored sparsely (flat index + value), from which every total can be recomputed exactly.
+
+A damaged line anywhere in a records file (bytes that are not UTF-8 JSON, or JSON that is
+not a record) costs only its own image: every valid record is kept, a warning names the
+file and the line numbers, the owning process moves the bad lines to
+``records.rank<r>.jsonl.corrupt`` when it reopens the file, and the images without a valid
+record are computed again. A damaged header is different: without it no record of the
+file can be checked against the configuration, so reading fails naming the file.
 """
 from __future__ import annotations
 
@@ -16,6 +23,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+
+from benchmark.fileio import atomic_write_bytes, naming_path
 
 log = logging.getLogger("benchmark.records")
 
@@ -62,18 +71,33 @@ class ImageRecord:
 
     @classmethod
     def from_json(cls, row: Mapping[str, Any]) -> "ImageRecord":
-        return cls(
-            image_id=row["image_id"],
-            status=row["status"],
-            passes=int(row.get("passes", 0)),
-            reason=row.get("reason"),
-            n_pred=list(row.get("n_pred", [])),
-            counts=[{k: (iv[0], iv[1]) for k, iv in point.items()} for point in row.get("counts", [])],
-        )
+        """The record of one JSON line; ValueError when the line is not a well-formed record."""
+        try:
+            rec = cls(
+                image_id=row["image_id"],
+                status=row["status"],
+                passes=int(row.get("passes", 0)),
+                reason=row.get("reason"),
+                n_pred=[int(n) for n in row.get("n_pred", [])],
+                counts=[{str(k): (list(iv[0]), list(iv[1])) for k, iv in point.items()} for point in row.get("counts", [])],
+            )
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ValueError(f"not an image record ({type(err).__name__}: {err})") from err
+        if not isinstance(rec.image_id, str) or rec.status not in ("ok", "skipped"):
+            raise ValueError(f"not an image record (image_id {rec.image_id!r}, status {rec.status!r})")
+        for point in rec.counts:
+            for key, (idx, val) in point.items():
+                if len(idx) != len(val) or not all(isinstance(x, int) for x in idx + val):
+                    raise ValueError(f"not an image record (counts {key!r} are not two integer lists of one length)")
+        return rec
 
 
 class RunMismatchError(RuntimeError):
-    """The run directory holds records of a different configuration."""
+    """The run directory holds records of a different (or, header damaged, unknown) configuration."""
+
+
+def _numbers(lines: Sequence[int], shown: int = 10) -> str:
+    return ", ".join(str(n) for n in lines[:shown]) + (f" ... ({len(lines)} lines)" if len(lines) > shown else "")
 
 
 class RecordStore:
@@ -87,25 +111,51 @@ class RecordStore:
 
     # -- reading ---------------------------------------------------------------------------
     @staticmethod
-    def _read_file(path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord]]:
-        header, records = None, {}
-        with open(path, "r", encoding="utf-8") as fh:
-            lines = fh.read().split("\n")
+    def _parse(path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord], List[int], bool]:
+        """(header fingerprint, records by image id, 1-based numbers of the damaged lines,
+        whether the last of them is a truncated last line). A later record of an image
+        replaces an earlier one."""
+        header, records, bad = None, {}, []
+        with naming_path(path, "records file"):
+            data = path.read_bytes()
+        lines = data.split(b"\n")
+        last = max((n for n, line in enumerate(lines) if line.strip()), default=-1)
         for n, line in enumerate(lines):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                if n >= len(lines) - 2:  # the line in flight when the run was killed
-                    log.warning("ignoring a truncated last record in %s (recomputed)", path)
-                    continue
-                raise RuntimeError(f"corrupt record at line {n + 1} of {path}; move the file away to recompute")
-            if row.get("kind") == HEADER_KIND:
-                header = row["fingerprint"]
-            else:
-                rec = ImageRecord.from_json(row)
-                records[rec.image_id] = rec
+                row = json.loads(line.decode("utf-8"))
+                if not isinstance(row, dict):
+                    raise ValueError("not a JSON object")
+                if row.get("kind") == HEADER_KIND:
+                    if not isinstance(row.get("fingerprint"), dict):
+                        raise ValueError("header without a fingerprint")
+                    header = row["fingerprint"]
+                else:
+                    rec = ImageRecord.from_json(row)
+                    records[rec.image_id] = rec
+            except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+                bad.append(n + 1)
+        # a damaged last line without its newline is the line in flight when the run was killed
+        return header, records, bad, bool(bad) and bad[-1] == last + 1 and not data.endswith(b"\n")
+
+    @classmethod
+    def _read_file(cls, path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord]]:
+        header, records, bad, tail = cls._parse(path)
+        if bad and header is None and records:
+            raise RunMismatchError(
+                f"{path}: the header line is damaged (line(s) {_numbers(bad)} unreadable), so its records cannot be "
+                "checked against this configuration. Use another hydra.run.dir, or run.resume=false to move the "
+                "old records aside."
+            )
+        middle = bad[:-1] if tail else bad
+        if tail:  # the line in flight when the run was killed
+            log.warning("ignoring a truncated last record in %s (line %d; its image is recomputed)", path, bad[-1])
+        if middle:
+            log.warning(
+                "%s: line(s) %s are damaged and ignored; the %d valid record(s) are kept and only the images "
+                "without one are recomputed", path, _numbers(middle), len(records),
+            )
         return header, records
 
     def load_all(self) -> Dict[str, ImageRecord]:
@@ -131,16 +181,34 @@ class RecordStore:
         self._pending = True
 
     def _open_file(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if not new:
-            header, recs = self._read_file(self.path)
-            new = not recs and header != self.fingerprint  # a header-only file of another config
-        if not new:
-            self._repair_tail()
-        self._fh = open(self.path, "w" if new else "a", encoding="utf-8")
+        with naming_path(self.path, "records file"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            new = not self.path.exists() or self.path.stat().st_size == 0  # a run killed in its header too
+            if not new:
+                header, recs = self._read_file(self.path)
+                new = not recs and header != self.fingerprint  # a header-only file of another config
+            if not new:
+                self._drop_damaged_lines()
+                self._repair_tail()
+            self._fh = open(self.path, "w" if new else "a", encoding="utf-8")
         if new:
             self._write({"kind": HEADER_KIND, "fingerprint": self.fingerprint})
+
+    def _drop_damaged_lines(self) -> None:
+        """Move damaged lines (not a truncated last one) to ``<file>.corrupt`` and rewrite the
+        file without them, so the records appended next follow valid lines only."""
+        _, _, bad, tail = self._parse(self.path)
+        middle = set(bad[:-1] if tail else bad)
+        if not middle:
+            return
+        lines = self.path.read_bytes().split(b"\n")
+        kept = b"\n".join(line for n, line in enumerate(lines) if n + 1 not in middle)
+        dropped = b"".join(lines[n - 1] + b"\n" for n in sorted(middle))
+        corrupt = self.path.with_name(self.path.name + ".corrupt")
+        with naming_path(corrupt, "damaged record lines"), open(corrupt, "ab") as fh:
+            fh.write(dropped)
+        atomic_write_bytes(self.path, kept)
+        log.warning("%s: moved %d damaged line(s) to %s", self.path, len(middle), corrupt)
 
     def _repair_tail(self) -> None:
         """Cut a partial last line so appended records start on a line of their own."""
@@ -156,9 +224,10 @@ class RecordStore:
             self._pending = False
             self._open_file()
         assert self._fh is not None, "RecordStore.open() first"
-        self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        with naming_path(self.path, "records file"):
+            self._fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
 
     def append(self, record: ImageRecord) -> None:
         self._write(record.to_json())
@@ -166,8 +235,9 @@ class RecordStore:
     def close(self) -> None:
         self._pending = False
         if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+            fh, self._fh = self._fh, None
+            with naming_path(self.path, "records file"):
+                fh.close()
 
     def move_aside(self) -> Optional[Path]:
         """run.resume=false: keep old records under a new name instead of deleting them."""

@@ -89,7 +89,8 @@ def recompute(run_dir: Path) -> Dict[str, Any]:
     payload = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
     cls = get_metric(payload["metric"])
     params = to_dataclass(payload.get("metric_params", {}), cls.Params, "metric")
-    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params)
+    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params,
+                 void_value=payload.get("void_value"))
     frame = pd.read_parquet(run_dir / "per_image.parquet")
     if frame.empty or "image_id" not in frame.columns:
         raise InputError(f"{run_dir / 'per_image.parquet'} holds no per-image record (a run of no image)")

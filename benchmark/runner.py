@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from benchmark import distributed
 from benchmark.config import ConfigError, InputError, Validated, error_message, is_user_error, json_safe, params_dict, validate
-from benchmark.fileio import atomic_path, atomic_write_text
+from benchmark.fileio import atomic_path, atomic_write_text, naming_path
 from benchmark.provenance import now_iso, provenance
 from benchmark.records import ImageRecord, RecordStore, sparse, sum_counts, to_frame
 from benchmark.tables import published_numbers, run_protocol, withheld_reasons, write_tables
@@ -145,6 +145,7 @@ class Runner:
             class_names=self.dataset.class_names,
             ignore_index=self.dataset.ignore_index,
             params=v.metric.params,
+            void_value=self._void_value(),
         )
         if getattr(v.method.settings, "candidates", None) == "clip" or getattr(v.method.settings, "captioner", "none") != "none":
             self._clip_filter()  # loads CLIP and/or the captioner now: fail at start if absent
@@ -155,6 +156,10 @@ class Runner:
                 r = self.method.attention_request(p)
                 request = r if request is None else request.union(r)
             self.request = request
+
+    def _void_value(self):
+        """``method.void_value`` of methods that have one (method=predictions), else None."""
+        return getattr(self.v.method.settings, "void_value", None)
 
     def _context(self, sample: Sample) -> SegmentContext:
         label = sample.label
@@ -213,9 +218,14 @@ class Runner:
             distributed.barrier()  # no rank may append before the old records are moved
         ids = list(self.dataset.ids)
         mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
-        todo = [i for i in mine if ids[i] not in done]
+        # an image skipped by an earlier run (dataset.on_error=skip) is tried again: its file may be fixed now
+        todo = [i for i in mine if ids[i] not in done or done[ids[i]].status != "ok"]
         if done:
-            log.info("resuming: %d of %d images already recorded in %s", len(ids) - len(todo), len(ids), self.run_dir)
+            retried = sum(1 for i in todo if ids[i] in done)
+            log.info(
+                "resuming: %d of %d images already recorded in %s%s", len(mine) - len(todo), len(mine), self.run_dir,
+                f"; retrying {retried} image(s) skipped before" if retried else "",
+            )
 
         model = cache = None
         if todo and self.method.needs_diffusion:
@@ -340,7 +350,8 @@ class Runner:
             example = Example(sample.image_id, sample.image, sample.label, kept[0])
             examples.append(example)
             if self.rank == 0:
-                save_example(self.run_dir / "examples", example, kept)
+                with naming_path(self.run_dir / "examples", "example images"):
+                    save_example(self.run_dir / "examples", example, kept)
         return record
 
     # -- results -----------------------------------------------------------------------------
@@ -365,6 +376,7 @@ class Runner:
             "metric_params": json_safe(dataclasses.asdict(v.metric.params)),
             "class_names": list(self.dataset.class_names),
             "ignore_index": int(self.dataset.ignore_index),
+            "void_value": self._void_value(),
             "n_images": len(ok),
             "n_expected": len(self.dataset.ids),
             "skipped": sorted(({"image_id": r.image_id, "reason": r.reason} for r in recs if r.status != "ok"),
@@ -428,7 +440,20 @@ class Runner:
         atomic_write_text(self.run_dir / "metrics.json", json.dumps(payload, indent=2, sort_keys=False))
         with atomic_path(self.run_dir / "per_image.parquet") as tmp:
             to_frame(recs, points).to_parquet(tmp, index=False, engine="pyarrow")
-        write_tables(payload, self.run_dir)
+        with naming_path(self.run_dir, "the result tables (table.md, table.csv, table.tex)"):
+            write_tables(payload, self.run_dir)
+
+
+def skipped_summary(payload: Dict[str, Any], shown: int = 3) -> str:
+    """`` (1 of 6 SKIPPED, unreadable: img3; ...)`` for the summary line; "" when nothing was skipped."""
+    skipped = payload.get("skipped") or []
+    if not skipped:
+        return ""
+    ids = ", ".join(s["image_id"] for s in skipped[:shown]) + (", ..." if len(skipped) > shown else "")
+    return (
+        f" ({len(skipped)} of {payload.get('n_expected', '?')} SKIPPED, unreadable: {ids}; not in these numbers, "
+        "retried on the next run; reasons in metrics.json)"
+    )
 
 
 def print_summary(outcome: RunOutcome) -> None:
@@ -437,7 +462,7 @@ def print_summary(outcome: RunOutcome) -> None:
     print(table)
     p = outcome.payload
     print(
-        f"{p['n_images']} images, {p['diffusion_passes']} diffusion passes "
+        f"{p['n_images']} images{skipped_summary(p)}, {p['diffusion_passes']} diffusion passes "
         f"({outcome.passes_this_run} run now), {len(p['results'])} configuration(s) -> {outcome.run_dir}"
     )
     if p.get("random_weights"):

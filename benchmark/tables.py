@@ -128,6 +128,8 @@ def results_frame(payload: Mapping[str, Any]) -> pd.DataFrame:
         if published:
             row["paper status"] = published.get("status") if selected is None or i == selected else None
         row["n_images"] = payload["n_images"]
+        if payload.get("skipped"):  # images left out by dataset.on_error=skip
+            row["n_skipped"] = len(payload["skipped"])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -194,6 +196,15 @@ def notes_for(payload: Mapping[str, Any]) -> List[str]:
         notes.append(
             "Official background protocol: bg_threshold swept 0.30..0.74 on the evaluated split, the best point "
             "(by mIoU) reported, as the published numbers: an ORACLE, not a fair result."
+        )
+    skipped = payload.get("skipped") or []
+    if skipped:
+        shown = "; ".join(
+            "{} ({})".format(s["image_id"], " ".join(str(s.get("reason")).split())) for s in skipped[:5]
+        ) + ("; ..." if len(skipped) > 5 else "")
+        notes.append(
+            f"SKIPPED {len(skipped)} of {payload.get('n_expected', '?')} images (dataset.on_error=skip), not in these "
+            f"numbers: {shown}. A rerun into this directory retries them."
         )
     if payload.get("oracle_keys"):
         notes.append(

@@ -122,7 +122,7 @@ def matched_classes(
         from benchmark.metrics.hungarian import HungarianImage
 
         label = np.asarray(label, dtype=np.int64)
-        classes, segments, _, _ = HungarianImage.match_segments(pred.ravel(), label.ravel(), num_classes, ignore_index)
+        classes, segments = HungarianImage.match_segments(pred.ravel(), label.ravel(), num_classes, ignore_index)[:2]
         present = set(np.unique(label[(label != ignore_index) & (label < num_classes)]).tolist())
         return {int(s): int(c) for c, s in zip(classes, segments) if int(c) in present}
     if metric == "hungarian_dataset":

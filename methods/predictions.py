@@ -24,12 +24,20 @@ class PredictionsSettings:
     #: "labels" (class ids, scored as they are) or "segments" (ids to be Hungarian-matched);
     #: decides what metric=auto picks (miou or hungarian_image)
     kind: str = "labels"
+    #: value the files write for "no decision" (e.g. 255), or null (default, strict: every
+    #: value must be a class / cluster id). A pixel holding it is scored as mmseg scores an
+    #: out-of-range prediction: a miss of its label's class (FN), no class's FP; on ignored
+    #: label pixels it is not scored at all. It must not be a valid class / cluster id.
+    void_value: Optional[int] = None
 
     def __post_init__(self) -> None:
         if not self.dir:
             raise ValueError("method=predictions needs method.dir=DIR (a folder of <image_id>.png label maps)")
         if self.kind not in ("labels", "segments"):
             raise ValueError(f"method.kind={self.kind!r}: expected labels or segments")
+        v = self.void_value
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"method.void_value={v!r}: expected a non-negative integer (e.g. 255) or null")
 
 
 class Predictions(Method):

@@ -10,11 +10,9 @@ from PIL import Image
 
 from benchmark.fileio import read_lines
 
-from .errors import DatasetFileError, InvalidLabelError, MissingFileError
+from .errors import DatasetFileError, MissingFileError
+from .label_modes import label_values
 
-#: PIL modes whose pixel values are class indices. Palette ("P") PNGs such as VOC's are
-#: read as their indices, never converted to RGB.
-LABEL_MODES = ("P", "L", "I", "I;16", "I;16L", "I;16B")
 
 Source = Union[str, Path, bytes]
 
@@ -39,15 +37,9 @@ def read_image(source: Source, name: str, image_id: Optional[str] = None) -> np.
 
 
 def read_label(source: Source, name: str, image_id: Optional[str] = None) -> np.ndarray:
-    """Integer array (H, W) of the raw values stored in a single-channel or palette PNG."""
-    handle = _open(source, name, image_id)
-    if handle.mode not in LABEL_MODES:
-        raise InvalidLabelError(
-            f"label file {name} has PIL mode {handle.mode!r}; expected a single-channel or "
-            "palette PNG of class indices (label maps converted to RGB colours cannot be decoded)",
-            name, image_id,
-        )
-    return np.array(handle)  # a writable copy: torch.from_numpy refuses read-only views
+    """Integer array (H, W) of the raw values stored in a single-channel label image (1- to
+    16-bit grey, palette indices, grey+alpha with opaque alpha; see ``label_modes``)."""
+    return label_values(_open(source, name, image_id), source, name, image_id)
 
 
 def read_split_ids(path: Path) -> List[str]:

@@ -81,6 +81,30 @@ def valid_pixels(
     return pred[valid], label_v
 
 
+def decided(pred: np.ndarray, void_value: Optional[int]) -> np.ndarray:
+    """The predicted values other than ``void_value`` (all of them when it is None)."""
+    return pred if void_value is None else pred[pred != void_value]
+
+
+def split_void(
+    pred_v: np.ndarray, label_v: np.ndarray, void_value: Optional[int], num_classes: int
+) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+    """(pred, label) of the valid pixels with a decision, and ``undecided`` (C,): per label
+    class, the valid pixels predicted ``void_value`` (None when no void value is set).
+
+    mmseg's ``IoUMetric.intersect_and_union`` (mmseg/evaluation/metrics/iou_metric.py)
+    histograms the prediction with ``torch.histc(min=0, max=num_classes - 1)``, which drops a
+    value outside 0..C-1 from ``area_pred_label`` and ``area_intersect`` while the pixel stays
+    in ``area_label``: a miss of its label's class (FN, in the aAcc / Acc denominators) that
+    is no class's FP. ``undecided`` carries exactly those pixels.
+    """
+    if void_value is None:
+        return pred_v, label_v, None
+    void = pred_v == void_value
+    undecided = np.bincount(label_v[void].astype(np.int64), minlength=num_classes).astype(np.int64)
+    return pred_v[~void], label_v[~void], undecided
+
+
 def joint_histogram(rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> np.ndarray:
     """(n_rows, n_cols) int64 counts of (row, col) pairs: one bincount over row * n_cols + col."""
     flat = np.bincount(rows.astype(np.int64) * n_cols + cols, minlength=n_rows * n_cols)

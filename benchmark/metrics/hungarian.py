@@ -16,6 +16,7 @@ from .base import Metric, NoParams
 from .counting import (
     check_pred_range,
     checked_state,
+    decided,
     flat_pair,
     iou,
     joint_histogram,
@@ -23,6 +24,7 @@ from .counting import (
     per_class,
     percent,
     ratio,
+    split_void,
     valid_pixels,
 )
 
@@ -61,28 +63,41 @@ class HungarianDataset(Metric):
     a pseudo-class row for the unmatched clusters whose IoU 0 enters the mean.
 
     K < C: only K classes get a cluster; the others have TP = FP = 0, so IoU 0 if present.
+
+    With ``method.void_value`` the state adds ``undecided`` (C,): valid pixels predicted the
+    void value, per class; they add to that class's FN and to the ACC denominator.
     """
 
     name = "hungarian_dataset"
     Params = HungarianDatasetParams
 
-    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None):
-        super().__init__(num_classes, class_names, ignore_index, params)
+    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None,
+                 void_value: Optional[int] = None):
+        super().__init__(num_classes, class_names, ignore_index, params, void_value)
         k = self.params.num_clusters
         if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"metric {self.name}: num_clusters must be a positive integer or null (= C), got {k!r}")
         self.num_clusters = self.num_classes if k is None else int(k)
+        self.check_void_value(self.num_clusters, "cluster ids")
 
     def state_shapes(self) -> Dict[str, Tuple[int, ...]]:
-        return {"histogram": (self.num_clusters, self.num_classes)}
+        shapes = {"histogram": (self.num_clusters, self.num_classes)}
+        if self.void_value is not None:  # valid pixels predicted void_value, per label class
+            shapes["undecided"] = (self.num_classes,)
+        return shapes
 
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
         check_pred_range(
-            pred_flat, self.num_clusters, image_id, f"cluster ids for metric.num_clusters={self.num_clusters}"
+            decided(pred_flat, self.void_value), self.num_clusters, image_id,
+            f"cluster ids for metric.num_clusters={self.num_clusters}",
         )
         pred_v, label_v = valid_pixels(pred_flat, label_flat, self.num_classes, self.ignore_index, image_id)
-        return {"histogram": joint_histogram(pred_v, label_v, self.num_clusters, self.num_classes)}
+        pred_v, label_v, undecided = split_void(pred_v, label_v, self.void_value, self.num_classes)
+        counts = {"histogram": joint_histogram(pred_v, label_v, self.num_clusters, self.num_classes)}
+        if undecided is not None:
+            counts["undecided"] = undecided
+        return counts
 
     def match(self, histogram: np.ndarray) -> np.ndarray:
         """cluster_of_class (C,): the cluster matched to each class, -1 for none."""
@@ -92,7 +107,9 @@ class HungarianDataset(Metric):
         return cluster_of_class
 
     def compute(self, state: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-        histogram = checked_state(state, self.state_shapes(), self.name)["histogram"]
+        checked = checked_state(state, self.state_shapes(), self.name)
+        histogram = checked["histogram"]
+        undecided = checked.get("undecided", np.zeros(self.num_classes, dtype=np.int64))
         cluster_of_class = self.match(histogram)
         matched = cluster_of_class >= 0
         classes = np.flatnonzero(matched)
@@ -101,8 +118,8 @@ class HungarianDataset(Metric):
         fp = np.zeros(self.num_classes, dtype=np.int64)
         tp[classes] = histogram[clusters, classes]
         fp[classes] = histogram[clusters].sum(axis=1) - tp[classes]
-        fn = histogram.sum(axis=0) - tp
-        scores = matched_scores(tp, fp, fn, int(histogram.sum()), self.class_names)
+        fn = histogram.sum(axis=0) - tp + undecided
+        scores = matched_scores(tp, fp, fn, int(histogram.sum() + undecided.sum()), self.class_names)
         assignment: List[Optional[int]] = [None] * self.num_clusters
         for cls_idx, cluster in zip(classes.tolist(), clusters.tolist()):
             assignment[cluster] = cls_idx
@@ -166,6 +183,8 @@ class HungarianImage(Metric):
     collects its pixels as FP.
 
     State: ``tp``, ``fp``, ``fn`` (C,) and ``valid`` (1,) = number of valid pixels.
+    With ``method.void_value`` its pixels belong to no segment: each adds to the FN of its
+    label's class and stays valid (mmseg's rule for a prediction outside the classes).
     IoU_c = TP/(TP+FP+FN) over the summed counts, mIoU = nan-mean, ACC = sum TP / valid.
     ``metric.background=<class index>``: DiffCut's many-to-one background first
     (``merge_unmatched_into_background``).
@@ -174,8 +193,9 @@ class HungarianImage(Metric):
     name = "hungarian_image"
     Params = HungarianImageParams
 
-    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None):
-        super().__init__(num_classes, class_names, ignore_index, params)
+    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None,
+                 void_value: Optional[int] = None):
+        super().__init__(num_classes, class_names, ignore_index, params, void_value)
         bg = self.params.background
         if bg is not None and not (isinstance(bg, int) and 0 <= bg < self.num_classes):
             raise ValueError(f"metric.background={bg!r}: expected a class index in [0, {self.num_classes}) or null")
@@ -192,31 +212,37 @@ class HungarianImage(Metric):
         ignore_index: int = 255,
         image_id: str = "",
         background: Optional[int] = None,
-    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-        """This image's match: (classes, segments, H, n_valid) with segment ``segments[i]``
-        matched to class ``classes[i]`` (every class gets one column of H (C, P), see the
-        class docstring); reports colour predictions with the same match as the counts.
-        ``background``: DiffCut's many-to-one background (``merge_unmatched_into_background``)."""
-        check_pred_range(pred_flat, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
-        n_cols = max(num_classes, int(pred_flat.max()) + 1 if pred_flat.size else 0)
+        void_value: Optional[int] = None,
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, int, Optional[np.ndarray]]:
+        """This image's match: (classes, segments, H, n_valid, undecided) with segment
+        ``segments[i]`` matched to class ``classes[i]`` (every class gets one column of H (C, P),
+        see the class docstring); reports colour predictions with the same match as the counts.
+        ``background``: DiffCut's many-to-one background (``merge_unmatched_into_background``).
+        ``void_value``: pixels predicted it belong to no segment; ``undecided`` (C,) counts them
+        per label class (None without a void value)."""
+        segments = decided(pred_flat, void_value)
+        check_pred_range(segments, MAX_SEGMENT_ID + 1, image_id, "segment ids (relabel segments to 0..n-1)")
+        n_cols = max(num_classes, int(segments.max()) + 1 if segments.size else 0)
         pred_v, label_v = valid_pixels(pred_flat, label_flat, num_classes, ignore_index, image_id)
+        n_valid = int(label_v.size)
+        pred_v, label_v, undecided = split_void(pred_v, label_v, void_value, num_classes)
         if background is not None:
             pred_v = merge_unmatched_into_background(pred_v, label_v, num_classes, background)
             n_cols = max(n_cols, int(pred_v.max()) + 1 if pred_v.size else 0)
         hist = joint_histogram(label_v, pred_v, num_classes, n_cols)
         rows, cols = linear_sum_assignment(hist, maximize=True)  # rows == arange(C) since C <= P
-        return rows, cols, hist, int(label_v.size)
+        return rows, cols, hist, n_valid, undecided
 
     def counts(self, pred: Any, label: Any, image_id: str) -> Dict[str, np.ndarray]:
         pred_flat, label_flat = flat_pair(pred, label, image_id)
-        rows, cols, hist, n_valid = self.match_segments(
-            pred_flat, label_flat, self.num_classes, self.ignore_index, image_id, self.params.background
+        rows, cols, hist, n_valid, undecided = self.match_segments(
+            pred_flat, label_flat, self.num_classes, self.ignore_index, image_id, self.params.background, self.void_value
         )
         tp = hist[rows, cols]
         return {
             "tp": tp,
             "fp": hist.sum(axis=0)[cols] - tp,
-            "fn": hist.sum(axis=1)[rows] - tp,
+            "fn": hist.sum(axis=1)[rows] - tp + (0 if undecided is None else undecided),
             "valid": np.array([n_valid], dtype=np.int64),
         }
 

@@ -19,8 +19,8 @@ import numpy as np
 
 from benchmark.registry import did_you_mean
 
-from .counting import checked_state, harmonic_mean, nanmean_percent, per_class
-from .miou import MeanIoU, confusion_scores
+from .counting import harmonic_mean, nanmean_percent, per_class
+from .miou import MeanIoU
 
 
 @dataclass(frozen=True)
@@ -136,8 +136,9 @@ class ZeroShot(MeanIoU):
     name = "zeroshot"
     Params = ZeroShotParams
 
-    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None):
-        super().__init__(num_classes, class_names, ignore_index, params)
+    def __init__(self, num_classes: int, class_names, ignore_index: int = 255, params: Any = None,
+                 void_value: Optional[int] = None):
+        super().__init__(num_classes, class_names, ignore_index, params, void_value)
         self.split, unseen = unseen_indices(self.params, self.class_names)
         self.unseen_mask = np.zeros(self.num_classes, dtype=bool)
         self.unseen_mask[unseen] = True
@@ -145,8 +146,8 @@ class ZeroShot(MeanIoU):
             raise ValueError("metric zeroshot: every class is unseen; at least one seen class is needed")
 
     def compute(self, state: Mapping[str, np.ndarray]) -> Dict[str, Any]:
-        confusion = checked_state(state, self.state_shapes(), self.name)["confusion"]
-        scores, class_iou = confusion_scores(confusion)
+        scores, class_iou = self.scores(state)
+        scores.pop("per_class_Acc")
         seen = nanmean_percent(class_iou[~self.unseen_mask])
         unseen = nanmean_percent(class_iou[self.unseen_mask])
         return {

@@ -105,6 +105,21 @@ def fit_request(unet_config, request: AttentionRequest, latent_side: int, vae_fa
             )
         fitted[kind] = kept
     return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
+def _is_whole_words(text: str, first: int, last: int) -> bool:
+    """Whether ``text[first:last]`` starts and ends at word boundaries (no letter or digit
+    right before or right after it)."""
+    before = text[first - 1] if first > 0 else " "
+    after = text[last] if last < len(text) else " "
+    return not before.isalnum() and not after.isalnum()
+
+
+def _enclosing_word(text: str, first: int, last: int) -> str:
+    """The whole word(s) of ``text`` that contain ``text[first:last]``, for messages."""
+    while first > 0 and text[first - 1].isalnum():
+        first -= 1
+    while last < len(text) and text[last].isalnum():
+        last += 1
+    return text[first:last]
 
 
 class DiffusionModel:
@@ -172,19 +187,35 @@ class DiffusionModel:
         return self.tokenizer(text, padding="max_length", max_length=self.max_length, truncation=True).input_ids
 
     def token_positions(self, text: str, word: str) -> List[int]:
-        """Indices (in the 77-token sequence of ``text``) of the sub-tokens of ``word``; first occurrence."""
+        """Indices (in the 77-token sequence of ``text``) of the sub-tokens of ``word`` where
+        it stands as whole words: first such occurrence.
+
+        A token sequence equal to ``word``'s is an occurrence only when it covers whole words of
+        ``text``: the characters just before and after it (from the tokenizer's offsets) are not
+        letters or digits. With CLIP's BPE, "boat" in "a fireboat next to a boat" is position 7
+        (the tail ``boat</w>`` of "fireboat", position 3, is not the word), and "table" does not
+        occur in "a diningtable". Raises ValueError naming the prompt, the word and its tokens
+        when there is no whole-word occurrence (and where it occurs inside other words).
+        """
         if not word:
             raise ValueError(f"empty word for prompt {text!r}")
-        ids = self.token_ids(text)
+        enc = self.tokenizer(text, max_length=self.max_length, truncation=True, return_offsets_mapping=True)
+        ids, offsets = list(enc["input_ids"]), list(enc["offset_mapping"])
         word_ids = self.tokenizer(word, add_special_tokens=False).input_ids
         n = len(word_ids)
+        inside = []
         for start in range(1, len(ids) - n + 1):
-            if ids[start : start + n] == word_ids:
+            if ids[start : start + n] != word_ids:
+                continue
+            first, last = int(offsets[start][0]), int(offsets[start + n - 1][1])
+            if _is_whole_words(text, first, last):
                 return list(range(start, start + n))
+            inside.append(_enclosing_word(text, first, last))
+        where = f"; it occurs only inside {', '.join(repr(w) for w in inside)}" if inside else ""
         raise ValueError(
             f"word {word!r} (tokens {word_ids}) not found in the {self.max_length}-token sequence of prompt {text!r} "
-            f"(tokens {ids[: ids.index(self.tokenizer.eos_token_id) + 1] if self.tokenizer.eos_token_id in ids else ids}); "
-            "the word must appear in the prompt as whole words and within the first tokens"
+            f"as whole words (tokens {ids}){where}; the word must appear in the prompt as whole words and within "
+            "the first tokens"
         )
 
     def encode_prompts(self, texts: Sequence[str]) -> torch.Tensor:
