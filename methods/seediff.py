@@ -705,12 +705,6 @@ class SeeDiff(OpenVocabularyMethod):
     # -- computing masks -------------------------------------------------------------------
     def prompt_maps(self, attn: AttentionMaps, params: SeeDiffParams) -> torch.Tensor:
         """Soft maps (P, s, s) of every prompt at attention resolution (before Eq. 12)."""
-        missing = [s for s in self.self_sides(params) if s not in attn.self_attn]
-        if missing:
-            raise ValueError(
-                f"method.sa_resolutions: self-attention sides {missing} were not captured "
-                f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
-            )
         if params.stage == "caa" and params.caa_sides == "all":
             # DiffuMask row of the supplement: every side's class CA, normalised, resized
             # bilinearly to the largest side, averaged
@@ -725,13 +719,31 @@ class SeeDiff(OpenVocabularyMethod):
         prepared = self._attention_memo.get(
             attn.self_attn.values(), tuple(attn.self_attn), lambda: _ImageSelfAttention(attn.self_attn)
         )
-        sides = self.self_sides(params)
+        sides = self.captured_sides(attn, params, self.self_sides(params))
         sa = {s: prepared.rows(s) for s in sides}
         unit = None
         if params.expansion == "cosine" and params.stage in EXPANDING_STAGES:
             unit = {s: prepared.unit_rows(s) for s in sides}
-        chain = sides if params.stage == "ca_sa" else self.expansion_sides(params)
+        chain = self.expansion_sides(params)
+        if params.stage == "ca_sa":
+            chain = sides
+        elif params.stage in EXPANDING_STAGES:
+            chain = self.captured_sides(attn, params, chain)
         return seediff_maps(ca, sa, chain, params, unit)
+
+    @staticmethod
+    def captured_sides(attn: AttentionMaps, params: SeeDiffParams, sides: Sequence[int]) -> List[int]:
+        """``sides`` as the model captured them. The default sides (``sa_resolutions: null``)
+        keep those the model has attention at (the SDXL family has none at the latent side,
+        so at 1024 px the expansion runs over 32 and 64); sides given in
+        ``method.sa_resolutions`` must all have been captured. ValueError names the key."""
+        missing = [s for s in sides if s not in attn.self_attn]
+        if missing and (params.sa_resolutions is not None or len(missing) == len(sides)):
+            raise ValueError(
+                f"method.sa_resolutions: self-attention sides {missing} were not captured "
+                f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
+            )
+        return [s for s in sides if s in attn.self_attn]
 
     def soft_masks(self, attn: AttentionMaps, ctx: SegmentContext, params: SeeDiffParams) -> torch.Tensor:
         """M_final of every prompt at ``ctx.out_size``: (P, H, W) in [0, 1], before β.
