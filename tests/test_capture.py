@@ -3,6 +3,7 @@ outputs equal the plain pass, the right layers are captured, processors are rest
 batching does not change results."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -393,3 +394,34 @@ def test_processor_handles_masks_and_4d_inputs_like_sdpa():
         got = CapturingAttnProcessor(AttnProcessor2_0(), acc, "y", chunk_size=5)(self_attn, image_like)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(acc.result("all")[4].sum(-1), torch.ones(1, 16), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_per_head_loop_equals_batched_loop_and_skipped_rows_use_sdpa(tiny_model, dtype):
+    """The speed-up of issue 17 (per-head, cache-sized chunks on the CPU; fused SDPA for rows
+    nobody reads) leaves the captured maps and the UNet output as the all-heads loop (the
+    previous implementation, still the GPU path) computes them, on seeded inputs, also with
+    uncaptured rows (-1, as classifier-free guidance's unconditional half) and ragged chunks."""
+    unet = copy.deepcopy(tiny_model.unet).to(dtype)  # the fixture is shared: leave it in float32
+    latents, t, emb = unet_inputs(tiny_model, batch=4, seed=3)
+    latents, emb = latents.to(dtype), emb.to(dtype)
+    plain = plain_output(unet, latents, t, emb)
+    request = AttentionRequest(ALL_16, ALL_16)
+    groups, cross = [-1, 0, -1, 0], [-1, 0, -1, 1]
+    results = {}
+    for order in ("per_head", "batched"):
+        with AttentionCapture(unet, request, groups, chunk_size=37, cross_groups=cross) as capture:
+            for processor in unet.attn_processors.values():
+                if isinstance(processor, CapturingAttnProcessor):
+                    processor.loop_order = order
+            with torch.inference_mode():
+                out = unet(latents, t, encoder_hidden_states=emb).sample
+        results[order] = (out, capture.self_attention(), capture.cross_attention())
+    (out_a, self_a, cross_a), (out_b, self_b, cross_b) = results["per_head"], results["batched"]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out_a, out_b, atol=tol, rtol=0)
+    torch.testing.assert_close(out_a, plain, atol=tol, rtol=0)
+    for side in ALL_16:
+        assert self_a[side].dtype == torch.float32 and self_a[side].shape == (1, side**2, side**2)
+        torch.testing.assert_close(self_a[side], self_b[side], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cross_a[side], cross_b[side], atol=1e-6, rtol=1e-5)
