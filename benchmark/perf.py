@@ -2,6 +2,8 @@
 
     python -m benchmark.perf capture [--arch sd2_base|sd14] [--size 64] [--repeats 3]
     python -m benchmark.perf capture --device cuda --dtype fp16 --batch 8   # GPU images/s
+    python -m benchmark.perf e2e --arch sd2_base --device cuda --dtype fp16 --batch 8 --workers 8 --images 256
+    python -m benchmark.perf e2e --arch tiny --images 8 --size 16              # CPU pipeline check
 
 ``capture`` builds a full-size random-weight UNet (architecture written in code, no
 download) and runs one UNet pass on the same inputs three ways: plain (fused SDPA
@@ -21,6 +23,22 @@ capturing the cross-attention of all 16 layers for one prompt.
 
 Last two lines (machine-readable): ``capture_overhead_ratio=<self capture / plain>`` and
 ``peak_rss_mb=<peak RSS of the self-capture variant>``.
+
+``e2e`` runs N images of the synthetic dataset (``dataset=synthetic``, generated in the
+loader's workers at ``--size`` × 8 px) through the harness' own pieces: the runner's
+dataset, method, metric and per-image context (``method=<name>`` composed as the CLI
+does), ``DiffusionModel.capture`` (VAE encoding, UNet in ``--dtype``, attention
+probabilities in float32), ``method.segment`` on the model's device, and the metric's
+counting (on the CPU, as the runner does). Data loading overlaps the rest: worker
+processes, pinned host memory and non-blocking host-to-device copies. Weights: a
+full-size random UNet (``--arch sd2_base | sd14``) with a full-size VAE and text encoder
+of the same family, built in code with random weights (nothing is downloaded), or the
+tiny SD (``--arch tiny``, tests). Prints seconds and images/s per stage (the stage alone:
+N / its seconds; "data wait" is the time the loop waited for the workers) and overall,
+and the peak GPU memory (``torch.cuda.max_memory_allocated``) on CUDA. The first batch
+warms up (kernels, allocator) and is not timed. Random weights: a pipeline and speed
+check, never accuracy. Last lines: ``images_per_s_end_to_end=...`` and
+``peak_gpu_memory_mb=...`` (``nan`` on the CPU).
 """
 from __future__ import annotations
 
@@ -182,19 +200,174 @@ def capture_benchmark(args: argparse.Namespace) -> None:
     print(f"peak_rss_mb={memory['self16']['peak_rss_mb']:.0f}")
 
 
+# -- end to end (data -> capture -> post-processing -> counting) ---------------------------
+E2E_STAGES = ("data wait", "host->device", "capture", "post-process", "metric")
+
+#: text encoder of each UNet family (CLIP ViT-L/14 for SD 1.x, OpenCLIP ViT-H for SD 2.x)
+TEXT_ENCODERS = {
+    "sd14": dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12),
+    "sd2_base": dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16,
+                     hidden_act="gelu"),
+}
+#: the SD 1.x/2.x VAE (``vae/config.json`` of both families)
+SD_VAE = dict(
+    in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=512,
+    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    block_out_channels=(128, 256, 512, 512),
+)
+
+
+def stack_collate(samples):
+    """Batch of equal-size samples as stacked tensors (which DataLoader can pin) plus their ids
+    and metadata; ``unstack`` restores the samples."""
+    import torch
+
+    return {
+        "ids": [s.image_id for s in samples],
+        "meta": [s.meta for s in samples],
+        "images": torch.stack([s.image for s in samples]),
+        "labels": torch.stack([s.label for s in samples]),
+    }
+
+
+def _components(arch: str, device: str, dtype):
+    """SD components with random weights: tiny SD, or a full-size UNet/VAE/text encoder of ``arch``."""
+    import torch
+
+    from benchmark.models.tiny import MAX_LENGTH, build_tiny_components
+
+    parts = build_tiny_components()
+    if arch == "tiny":
+        return parts
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from benchmark.models.architectures import build_random_unet
+
+    tokenizer = parts["tokenizer"]
+    torch.manual_seed(0)
+    with torch.device(device):  # PyTorch's default init, run where the weights live (fast on a GPU)
+        vae = AutoencoderKL(**SD_VAE)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), max_position_embeddings=MAX_LENGTH, bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **TEXT_ENCODERS[arch],
+        ))
+    for module in (vae, text_encoder):
+        module.eval().requires_grad_(False)
+    return dict(parts, unet=build_random_unet(arch), vae=vae, text_encoder=text_encoder)
+
+
+def e2e_benchmark(args: argparse.Namespace) -> dict:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from benchmark.compose import compose_config
+    from benchmark.models.diffusion import DiffusionModel
+    from benchmark.runner import Runner
+    from benchmark.types import Sample
+
+    cuda = args.device.startswith("cuda")
+    torch_dtype = getattr(torch, DTYPES[args.dtype])
+    image_px = args.size * 8
+    overrides = [
+        f"method={args.method}", "dataset=synthetic", f"dataset.n_images={args.images + args.batch}",
+        f"dataset.height={image_px}", f"dataset.width={image_px}", f"method.extract.image_size={image_px}",
+        f"dataset.num_workers={args.workers}", *args.set,
+    ]
+    with tempfile.TemporaryDirectory() as run_dir:
+        runner = Runner(compose_config(overrides), run_dir)
+        runner._build()  # dataset, method, metric, attention request: as a run builds them
+    method, metric, request, dataset = runner.method, runner.metric, runner.request, runner.dataset
+    if not method.needs_diffusion:
+        raise SystemExit(f"e2e: method {args.method!r} needs no diffusion pass; nothing to measure")
+    params = runner.v.method.points[0]
+    chunk = args.chunk_size or (2048 if cuda else 128)
+    model = DiffusionModel(
+        **_components(args.arch, args.device, torch_dtype), device=args.device, dtype=torch_dtype,
+        model_id=f"random-{args.arch}", fingerprint=f"random-{args.arch}", chunk_size=chunk, max_batch=args.batch,
+    )
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats()
+    loader = DataLoader(
+        dataset, batch_size=args.batch, shuffle=False, num_workers=args.workers, collate_fn=stack_collate,
+        pin_memory=cuda, prefetch_factor=4 if args.workers else None, persistent_workers=False,
+    )
+    seconds = dict.fromkeys(E2E_STAGES, 0.0)
+    timed_images = 0
+    segments = []
+    start_all = None
+    batches = iter(loader)
+    for index in range(len(loader)):
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        images = batch["images"].to(args.device, non_blocking=True)
+        _sync(args.device)
+        t2 = time.perf_counter()
+        samples = [Sample(i, images[k], batch["labels"][k], m) for k, (i, m) in enumerate(zip(batch["ids"], batch["meta"]))]
+        contexts = [runner._context(Sample(s.image_id, batch["images"][k], s.label, s.meta)) for k, s in enumerate(samples)]
+        for ctx, s in zip(contexts, samples):
+            ctx.image = s.image  # colour refinements (PAMR) read the image on the device
+        with torch.inference_mode():
+            maps = model.capture(
+                [s.image for s in samples], [method.queries(c) for c in contexts], request, runner.v.method.extract,
+                image_ids=[s.image_id for s in samples],
+            )
+            _sync(args.device)
+            t3 = time.perf_counter()
+            preds = [method.segment(m, c, params) for m, c in zip(maps, contexts)]
+            _sync(args.device)
+        t4 = time.perf_counter()
+        for pred, s in zip(preds, samples):
+            pred = pred.to("cpu")
+            metric.counts(pred, s.label, s.image_id)
+            segments.append(int(torch.unique(pred).numel()))
+        t5 = time.perf_counter()
+        if index == 0:  # warm-up batch
+            start_all = time.perf_counter()
+            continue
+        timed_images += len(samples)
+        for stage, (a, b) in zip(E2E_STAGES, ((t0, t1), (t1, t2), (t2, t3), (t3, t4), (t4, t5))):
+            seconds[stage] += b - a
+    total = time.perf_counter() - start_all if start_all is not None else float("nan")
+    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else float("nan")
+    device_name = torch.cuda.get_device_name(args.device) if cuda else f"CPU, {torch.get_num_threads()} threads"
+    print(f"e2e: method {args.method}, UNet {args.arch} ({'random weights' if args.arch != 'tiny' else 'tiny SD'}), "
+          f"{args.dtype} UNet / float32 attention, {image_px} px images, batch {args.batch}, {args.workers} workers, "
+          f"on {args.device} ({device_name}); {timed_images} images timed after a warm-up batch")
+    print(f"{'stage':<14}{'seconds':>9}{'images/s':>10}")
+    for stage in E2E_STAGES:
+        rate = timed_images / seconds[stage] if seconds[stage] > 0 else float("inf")
+        print(f"{stage:<14}{seconds[stage]:>9.3f}{rate:>10.2f}")
+    rate = timed_images / total if total > 0 else float("nan")
+    print(f"{'overall':<14}{total:>9.3f}{rate:>10.2f}")
+    print(f"mean segments per image: {sum(segments) / max(1, len(segments)):.1f} (random weights: a pipeline check)")
+    print(f"images_per_s_end_to_end={rate:.3f}")
+    print(f"peak_gpu_memory_mb={peak:.0f}")
+    return {"seconds": seconds, "images": timed_images, "total": total, "peak_mb": peak}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     cap = sub.add_parser("capture", help="attention capture overhead on a full-size random-weight UNet")
+    e2e = sub.add_parser("e2e", help="images/s end to end: data loading, capture, post-processing, counting")
+    e2e.add_argument("--method", default="diffseg", help="registered method (its preset is composed as the CLI does)")
+    e2e.add_argument("--images", type=int, default=32, help="timed images (one more batch warms up)")
+    e2e.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
+    e2e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="extra harness override, e.g. method.kl_threshold=0.9 (repeatable)")
     child = sub.add_parser("_memory", help=argparse.SUPPRESS)
     child.add_argument("variant", choices=VARIANTS)
     child.add_argument("--out", required=True)
     cap.add_argument("--repeats", type=int, default=3, help="timed passes per variant")
-    for p in (cap, child):
-        p.add_argument("--arch", default="sd2_base", choices=("sd2_base", "sd14"))
+    for p in (cap, child, e2e):
+        p.add_argument("--arch", default="sd2_base", choices=("sd2_base", "sd14") + (("tiny",) if p is e2e else ()))
         p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px images)")
-        p.add_argument("--chunk-size", type=int, default=128, help="query rows per capture chunk")
-    for p in (cap, child):
+        p.add_argument("--chunk-size", type=int, default=128 if p is not e2e else 0,
+                       help="query rows per capture chunk" + (" (0: 128 on the CPU, 2048 on a GPU)" if p is e2e else ""))
+    for p in (cap, child, e2e):
         p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
         p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="UNet dtype (probabilities are float32)")
@@ -211,8 +384,12 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     if args.size % 8:
         parser.error(f"--size {args.size}: must be a multiple of 8")
+    if args.command == "e2e" and (args.images < 1 or args.batch < 1 or args.workers < 0):
+        parser.error(f"--images {args.images} / --batch {args.batch} must be >= 1 and --workers {args.workers} >= 0")
     if args.command == "capture":
         capture_benchmark(args)
+    elif args.command == "e2e":
+        e2e_benchmark(args)
     else:
         print(json.dumps(memory_of_variant(args, args.variant, args.out)))
 
