@@ -4,6 +4,7 @@
     python -m benchmark.perf capture --device cuda --dtype fp16 --batch 8   # GPU images/s
     python -m benchmark.perf e2e --arch sd2_base --device cuda --dtype fp16 --batch 8 --workers 8 --images 256
     python -m benchmark.perf e2e --arch tiny --images 8 --size 16              # CPU pipeline check
+    python -m benchmark.perf kernel [--threads 1]   # one 64x64 layer: QK^T / softmax / P.V / head-sum
 
 ``capture`` builds a full-size random-weight UNet (architecture written in code, no
 download) and runs one UNet pass on the same inputs three ways: plain (fused SDPA
@@ -348,6 +349,87 @@ def e2e_benchmark(args: argparse.Namespace) -> dict:
     return {"seconds": seconds, "images": timed_images, "total": total, "peak_mb": peak}
 
 
+# -- where the capture time goes (one attention layer) -----------------------------------
+def kernel_profile(args: argparse.Namespace) -> dict:
+    """Time one self-attention layer of the largest resolution (``--size``² queries and keys,
+    ``--heads`` × 64 channels: SD 2-base's 64×64 layers) four ways, interleaved over
+    ``--repeats`` rounds (minimum kept): fused SDPA (the plain pass), the capture kernel in
+    both loop orders (``CapturingAttnProcessor``), and each capture step on its own
+    (Q Kᵀ, softmax, P V, head-sum + add) for both loop orders."""
+    import torch
+    import torch.nn.functional as F
+
+    from benchmark.attention.capture import CapturingAttnProcessor, _Accumulator
+
+    n, heads, dim = args.size * args.size, args.heads, 64
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, dim, generator=g) for _ in range(3))
+    scale = dim ** -0.5
+    acc = _Accumulator("self", (args.size,), 1)
+    acc.set_groups(torch.tensor([0]))
+    buffer = acc.buffer(args.size, n, q.device)
+    proc = CapturingAttnProcessor(None, acc, "profile", args.chunk_size)
+    qs, kt = q * scale, k.transpose(-1, -2)
+
+    def capture(order):
+        out = torch.empty_like(q)
+        getattr(proc, "_per_head" if order == "per_head" else "_batched")(qs, kt, v, None, buffer, out)
+
+    def steps(order):
+        parts = dict.fromkeys(("QK^T", "softmax", "P.V", "head-sum+add"), 0.0)
+        out = torch.empty_like(q)
+        if order == "per_head":
+            units = [(qs[0, h], kt[0, h], v[0, h], out[0, h]) for h in range(heads)]
+            rows = args.chunk_size
+        else:
+            units, rows = [(qs, kt, v, out)], args.chunk_size
+        for qu, ku, vu, ou in units:
+            for start in range(0, n, rows):
+                stop = min(n, start + rows)
+                t0 = time.perf_counter()
+                scores = torch.matmul(qu[..., start:stop, :], ku)
+                t1 = time.perf_counter()
+                probs = torch.softmax(scores, dim=-1)
+                t2 = time.perf_counter()
+                ou[..., start:stop, :] = torch.matmul(probs, vu)
+                t3 = time.perf_counter()
+                if order == "per_head":
+                    buffer[0, start:stop].add_(probs, alpha=1.0 / heads)
+                else:
+                    buffer[:, start:stop].index_add_(0, torch.zeros(1, dtype=torch.long), probs.sum(1), alpha=1.0 / heads)
+                t4 = time.perf_counter()
+                for key, a, b in zip(parts, (t0, t1, t2, t3), (t1, t2, t3, t4)):
+                    parts[key] += b - a
+        return parts
+
+    variants = {
+        "sdpa (plain)": lambda: F.scaled_dot_product_attention(q, k, v),
+        "capture per_head": lambda: capture("per_head"),
+        "capture batched": lambda: capture("batched"),
+    }
+    best = {name: float("inf") for name in variants}
+    parts = {order: None for order in ("per_head", "batched")}
+    for round_ in range(args.repeats + 1):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            if round_:
+                best[name] = min(best[name], time.perf_counter() - t)
+        for order in parts:
+            got = steps(order)
+            if round_:
+                parts[order] = got if parts[order] is None else {k_: min(parts[order][k_], got[k_]) for k_ in got}
+    print(f"one self-attention layer: {n} queries x {n} keys, {heads} heads x {dim} channels, fp32, "
+          f"chunk {args.chunk_size} rows, {torch.get_num_threads()} threads, min of {args.repeats} interleaved rounds")
+    for name, seconds in best.items():
+        print(f"{name:<18}{seconds:8.3f} s  x{seconds / best['sdpa (plain)']:.2f}")
+    for order, got in parts.items():
+        print(f"steps {order:<12}" + "  ".join(f"{k_} {v_:.3f}" for k_, v_ in got.items()) + f"  (sum {sum(got.values()):.3f})")
+    print(f"kernel_ratio_per_head={best['capture per_head'] / best['sdpa (plain)']:.3f}")
+    print(f"kernel_ratio_batched={best['capture batched'] / best['sdpa (plain)']:.3f}")
+    return {"best": best, "parts": parts}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -358,6 +440,13 @@ def main(argv=None) -> None:
     e2e.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     e2e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="extra harness override, e.g. method.kl_threshold=0.9 (repeatable)")
+    kern = sub.add_parser("kernel", help="where one layer's capture time goes: QK^T, softmax, P.V, head-sum")
+    kern.add_argument("--size", type=int, default=64, help="attention side (queries = keys = side²)")
+    kern.add_argument("--heads", type=int, default=5, help="heads of 64 channels (SD 2-base at 64: 5; SD 1.x: 8 of 40)")
+    kern.add_argument("--chunk-size", type=int, default=128, help="query rows per capture chunk")
+    kern.add_argument("--repeats", type=int, default=5)
+    kern.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
+    kern.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     child = sub.add_parser("_memory", help=argparse.SUPPRESS)
     child.add_argument("variant", choices=VARIANTS)
     child.add_argument("--out", required=True)
@@ -382,6 +471,8 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    if args.command == "kernel":
+        return kernel_profile(args)
     if args.size % 8:
         parser.error(f"--size {args.size}: must be a multiple of 8")
     if args.command == "e2e" and (args.images < 1 or args.batch < 1 or args.workers < 0):

@@ -69,3 +69,14 @@ def test_stack_collate_batches_pinnable_tensors():
     assert batch["ids"] == ["id0", "id1", "id2"] and batch["meta"][2] == {"k": 2}
     assert batch["images"].shape == (3, 3, 4, 4) and batch["images"].dtype == torch.uint8
     assert torch.equal(batch["labels"][1], samples[1].label)
+
+
+def test_perf_kernel_profiles_each_capture_step(capsys):
+    from benchmark.perf import main
+
+    main(["kernel", "--size", "16", "--heads", "2", "--chunk-size", "48", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    for order in ("per_head", "batched"):
+        match = re.search(rf"^steps {order}\s+QK\^T (\S+)  softmax (\S+)  P\.V (\S+)  head-sum\+add (\S+)", out, re.M)
+        assert match and all(float(x) >= 0 for x in match.groups()), out
+        assert re.search(rf"^kernel_ratio_{order}=\d+\.\d+$", out, re.M), out
