@@ -55,6 +55,9 @@ import time
 from contextlib import nullcontext
 
 VARIANTS = ("plain", "self16", "cross")
+#: timed only (no memory subprocess): self16 with the all-heads loop order (the pre-issue-17
+#: CPU kernel, now the GPU one), so both orders are compared within one run
+TIMED_ONLY = ("self16_batched",)
 
 
 def _rss_mb() -> float:
@@ -100,12 +103,15 @@ def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: st
         "plain": None,
         "self16": AttentionRequest(self_resolutions=sides),
         "cross": AttentionRequest(cross_resolutions=sides),
+        "self16_batched": AttentionRequest(self_resolutions=sides),
     }
 
-    def make_pass(request):
+    def make_pass(request, loop_order=None):
         def one_pass():
             groups = list(range(batch))  # one image per batch row
-            scope = nullcontext() if request is None else AttentionCapture(unet, request, groups, chunk_size)
+            scope = nullcontext() if request is None else AttentionCapture(
+                unet, request, groups, chunk_size, loop_order=loop_order
+            )
             with scope as capture, torch.inference_mode():
                 out = unet(latents, t, encoder_hidden_states=context).sample
             if capture is not None:
@@ -115,7 +121,7 @@ def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: st
 
         return one_pass
 
-    return {name: make_pass(request) for name, request in requests.items()}
+    return {name: make_pass(request, "batched" if name.endswith("_batched") else None) for name, request in requests.items()}
 
 
 def memory_of_variant(args: argparse.Namespace, variant: str, out_path: str) -> dict:
@@ -141,10 +147,11 @@ def time_variants(args: argparse.Namespace) -> dict:
     import torch
 
     passes = _setup(args.arch, args.size, args.chunk_size, args.device, args.dtype, args.batch)
-    times = {v: [] for v in VARIANTS}
-    cpu_times = {v: [] for v in VARIANTS}
+    timed = VARIANTS + TIMED_ONLY
+    times = {v: [] for v in timed}
+    cpu_times = {v: [] for v in timed}
     for round_ in range(args.repeats + 1):  # round 0 warms up allocators and kernels
-        for variant in VARIANTS:
+        for variant in timed:
             _sync(args.device)
             start, start_cpu = time.perf_counter(), time.process_time()
             passes[variant]()
@@ -191,10 +198,15 @@ def capture_benchmark(args: argparse.Namespace) -> None:
               f"{best[variant] / best['plain']:6.3f} {best_cpu[variant] / best_cpu['plain']:9.3f} "
               f"{m['peak_rss_mb']:12.0f} {m['peak_rss_mb'] / plain_mem:9.3f} "
               f"{m['peak_rss_mb'] - m['rss_after_build_mb']:9.0f} {diff:10.2e}")
+    for variant in TIMED_ONLY:
+        print(f"{variant:8s} {best[variant]:7.2f} {statistics.median(timing['times'][variant]):9.2f} "
+              f"{best[variant] / best['plain']:6.3f} {best_cpu[variant] / best_cpu['plain']:9.3f}   (timed only)")
     print("(ratio: wall-clock minimum / plain; cpu ratio: process CPU time, less sensitive to other processes "
           "on the machine; pass +MB: peak RSS minus RSS after building the model)")
     for variant in VARIANTS:
         print(f"images_per_s_{variant}={args.batch / best[variant]:.2f}")
+    print(f"cpu_capture_overhead_ratio={best_cpu['self16'] / best_cpu['plain']:.3f}")
+    print(f"capture_overhead_ratio_batched={best['self16_batched'] / best['plain']:.3f}")
     print(f"cross_capture_overhead_ratio={best['cross'] / best['plain']:.3f}")
     print(f"peak_rss_ratio={memory['self16']['peak_rss_mb'] / plain_mem:.3f}")
     print(f"capture_overhead_ratio={best['self16'] / best['plain']:.3f}")
@@ -408,13 +420,15 @@ def kernel_profile(args: argparse.Namespace) -> dict:
         "capture batched": lambda: capture("batched"),
     }
     best = {name: float("inf") for name in variants}
+    best_cpu = dict(best)
     parts = {order: None for order in ("per_head", "batched")}
     for round_ in range(args.repeats + 1):
         for name, fn in variants.items():
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
             if round_:
                 best[name] = min(best[name], time.perf_counter() - t)
+                best_cpu[name] = min(best_cpu[name], time.process_time() - c)
         for order in parts:
             got = steps(order)
             if round_:
@@ -422,7 +436,8 @@ def kernel_profile(args: argparse.Namespace) -> dict:
     print(f"one self-attention layer: {n} queries x {n} keys, {heads} heads x {dim} channels, fp32, "
           f"chunk {args.chunk_size} rows, {torch.get_num_threads()} threads, min of {args.repeats} interleaved rounds")
     for name, seconds in best.items():
-        print(f"{name:<18}{seconds:8.3f} s  x{seconds / best['sdpa (plain)']:.2f}")
+        print(f"{name:<18}{seconds:8.3f} s  x{seconds / best['sdpa (plain)']:.2f}   "
+              f"cpu {best_cpu[name]:.3f} s  x{best_cpu[name] / best_cpu['sdpa (plain)']:.2f}")
     for order, got in parts.items():
         print(f"steps {order:<12}" + "  ".join(f"{k_} {v_:.3f}" for k_, v_ in got.items()) + f"  (sum {sum(got.values()):.3f})")
     print(f"kernel_ratio_per_head={best['capture per_head'] / best['sdpa (plain)']:.3f}")

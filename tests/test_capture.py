@@ -410,10 +410,8 @@ def test_cpu_per_head_loop_equals_batched_loop_and_skipped_rows_use_sdpa(tiny_mo
     groups, cross = [-1, 0, -1, 0], [-1, 0, -1, 1]
     results = {}
     for order in ("per_head", "batched"):
-        with AttentionCapture(unet, request, groups, chunk_size=37, cross_groups=cross) as capture:
-            for processor in unet.attn_processors.values():
-                if isinstance(processor, CapturingAttnProcessor):
-                    processor.loop_order = order
+        with AttentionCapture(unet, request, groups, chunk_size=37, cross_groups=cross, loop_order=order) as capture:
+            assert {p.loop_order for p in unet.attn_processors.values() if isinstance(p, CapturingAttnProcessor)} == {order}
             with torch.inference_mode():
                 out = unet(latents, t, encoder_hidden_states=emb).sample
         results[order] = (out, capture.self_attention(), capture.cross_attention())

@@ -317,6 +317,8 @@ class AttentionCapture:
     cross_groups: cross-attention group of every row (default: one per captured row).
     n_groups / n_cross_groups: number of groups when later calls (``set_groups``) use more
       groups than the first one.
+    loop_order: "per_head" | "batched" | None (= per_head on the CPU, batched on a GPU); the
+      same numbers either way (module doc), only the speed differs.
 
     After the last UNet call: ``self_attention()`` -> {side: (G, side², side²)},
     ``cross_attention()`` -> {side: (G', side², 77)}, float32 means; ``layers`` names the
@@ -332,6 +334,7 @@ class AttentionCapture:
         cross_groups: Sequence[int] | torch.Tensor | None = None,
         n_groups: Optional[int] = None,
         n_cross_groups: Optional[int] = None,
+        loop_order: Optional[str] = None,
     ):
         check_selection(request.self_layers, "AttentionRequest.self_layers")
         check_selection(request.cross_layers, "AttentionRequest.cross_layers")
@@ -340,6 +343,9 @@ class AttentionCapture:
         self.unet = unet
         self.request = request
         self.chunk_size = int(chunk_size)
+        if loop_order not in (None, "per_head", "batched"):
+            raise ValueError(f"loop_order must be 'per_head', 'batched' or None, got {loop_order!r}")
+        self.loop_order = loop_order
         groups = _as_groups(groups, "groups")
         cross = default_cross_groups(groups) if cross_groups is None else _as_groups(cross_groups, "cross_groups")
         self._self = _Accumulator("self", request.self_resolutions, n_groups or _count_groups(groups))
@@ -372,7 +378,9 @@ class AttentionCapture:
         replaced = dict(original)
         for kind, accumulator in (("self", self._self), ("cross", self._cross)):
             for layer in self.selected[kind]:
-                replaced[layer.name] = CapturingAttnProcessor(original[layer.name], accumulator, layer.name, self.chunk_size)
+                processor = CapturingAttnProcessor(original[layer.name], accumulator, layer.name, self.chunk_size)
+                processor.loop_order = self.loop_order
+                replaced[layer.name] = processor
         try:
             self.unet.set_attn_processor(replaced)  # it empties the dict it is given: `replaced` is a copy
         except BaseException:
