@@ -225,7 +225,7 @@ def main(argv=None) -> None:
         overrides.setdefault(target, []).append(f"method.{value}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, output {args.out}x{args.out}, "
           f"synthetic {LATENT}x{LATENT}-latent attention (background + 3 objects); pipeline timing, not accuracy")
-    print(f"{'method':<16}{'s/image':>9}{'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
+    print(f"{'method':<16}{'s/image':>9} {'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
           f"{'prompts/image':>14}{'(gt)':>6}{'steps':>6}{'segments':>9}")
     for name in names:
         row = time_method(name, args, overrides.get(name, []))
@@ -234,7 +234,7 @@ def main(argv=None) -> None:
             continue
         spread = f"{row['spread'][0]:.3f}..{row['spread'][1]:.3f}"
         prompts = "n/a" if row["prompts"] < 0 else str(row["prompts"])
-        print(f"{name:<16}{row['wall']:>9.3f}{spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
+        print(f"{name:<16}{row["wall"]:>9.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
               f"{prompts:>14}{row['prompts_gt']:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
         print(f"seconds_per_image_{name}={row['wall']:.4f}")
         print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")

@@ -12,15 +12,16 @@ by its contribution count is the head-, layer- (and step-/prompt-) mean.
 
 Two loop orders compute the same numbers (up to float32 rounding of the sum order):
 
-* CPU (``per_head``): one batch row, one head and ``chunk_size`` query rows at a time, so
+* ``per_head`` (default on a single-threaded CPU, ``default_loop_order``): one batch row,
+  one head and ``chunk_size`` query rows at a time, so
   the scores of a chunk (chunk_size × keys × 4 bytes: 2 MiB at 128 × 4096) stay in the
   core's cache through ``Q Kᵀ``, softmax, ``P V`` and the add into the buffer (no separate
-  head-sum tensor, no ``index_add``); each step is one large single-matrix kernel that
-  uses all threads. Measured on a 2-core Xeon (README "Performance"): the earlier
+  head-sum tensor, no ``index_add``). Measured on a 2-core Xeon (README "Performance"): the earlier
   all-heads chunk spent ~0.19 s in ``Q Kᵀ``, 0.13 s in softmax, 0.20 s in ``P V`` and
   0.06 s in the head-sum per 64×64 layer against 0.27 s for the fused SDPA kernel.
-* CUDA (``batched``): all batch rows and heads of ``chunk_size`` query rows per step (few,
-  large kernels; launch overhead dominates small ones on a GPU).
+* ``batched`` (default on a GPU and on a CPU with several threads): all captured batch
+  rows and heads of ``chunk_size`` query rows per step (few, large kernels: launch overhead
+  dominates small ones on a GPU, thread barriers on a busy multi-core CPU).
 
 Batch rows that are not captured (group -1, e.g. the unconditional half of classifier-free
 guidance) go through PyTorch's fused ``scaled_dot_product_attention`` like the plain pass.
@@ -65,6 +66,18 @@ def default_cross_groups(groups: torch.Tensor) -> torch.Tensor:
     """One cross-attention group per captured row, numbered in row order; -1 rows stay -1."""
     captured = groups >= 0
     return torch.where(captured, torch.cumsum(captured.long(), 0) - 1, torch.full_like(groups, -1))
+
+
+def default_loop_order(device: torch.device) -> str:
+    """``per_head`` on a single-threaded CPU, ``batched`` elsewhere (module doc).
+
+    Measured (``python -m benchmark.perf kernel``, one 64×64 SD 2-base layer, 2-core Xeon
+    shared with other jobs): at 1 thread per_head used 0.54 s of CPU against 0.59 s for
+    batched; at 2 threads the per-head loop's 5× more, smaller parallel regions cost
+    twice the time of batched (threads wait at each region's barrier when the machine is
+    busy), so several threads keep the all-heads loop.
+    """
+    return "per_head" if device.type == "cpu" and torch.get_num_threads() == 1 else "batched"
 
 
 class _Accumulator:
@@ -171,7 +184,7 @@ class CapturingAttnProcessor:
         self.accumulator = accumulator
         self.layer_name = layer_name
         self.chunk_size = int(chunk_size)
-        #: "per_head" | "batched" | None (= per_head on the CPU, batched elsewhere; module doc)
+        #: "per_head" | "batched" | None (= ``default_loop_order``; module doc)
         self.loop_order: Optional[str] = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
@@ -251,7 +264,7 @@ class CapturingAttnProcessor:
         query = query.float() * scale
         key_t = key.float().transpose(-1, -2)
         value = value.float()
-        if (self.loop_order or ("per_head" if query.device.type == "cpu" else "batched")) == "per_head":
+        if (self.loop_order or default_loop_order(query.device)) == "per_head":
             self._per_head(query, key_t, value, mask, buffer, out)
         else:
             self._batched(query, key_t, value, mask, buffer, out)
@@ -312,13 +325,13 @@ class AttentionCapture:
 
     unet: a diffusers ``UNet2DConditionModel``.
     groups: self-attention group of every row of the next UNet batch (-1 = not captured).
-    chunk_size: query rows per chunk: per batch row and head on the CPU, summed over the
-      captured batch rows on a GPU (see the module doc).
+    chunk_size: query rows per chunk: per batch row and head in the ``per_head`` loop, summed
+      over the captured batch rows in the ``batched`` one (see the module doc).
     cross_groups: cross-attention group of every row (default: one per captured row).
     n_groups / n_cross_groups: number of groups when later calls (``set_groups``) use more
       groups than the first one.
-    loop_order: "per_head" | "batched" | None (= per_head on the CPU, batched on a GPU); the
-      same numbers either way (module doc), only the speed differs.
+    loop_order: "per_head" | "batched" | None (= ``default_loop_order``); the same numbers
+      either way (module doc), only the speed differs.
 
     After the last UNet call: ``self_attention()`` -> {side: (G, side², side²)},
     ``cross_attention()`` -> {side: (G', side², 77)}, float32 means; ``layers`` names the
