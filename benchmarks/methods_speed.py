@@ -234,7 +234,7 @@ def main(argv=None) -> None:
             continue
         spread = f"{row['spread'][0]:.3f}..{row['spread'][1]:.3f}"
         prompts = "n/a" if row["prompts"] < 0 else str(row["prompts"])
-        print(f"{name:<16}{row["wall"]:>9.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
+        print(f"{name:<16}{row['wall']:>9.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
               f"{prompts:>14}{row['prompts_gt']:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
         print(f"seconds_per_image_{name}={row['wall']:.4f}")
         print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")
