@@ -3,6 +3,7 @@ outputs equal the plain pass, the right layers are captured, processors are rest
 batching does not change results."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -395,15 +396,17 @@ def test_processor_handles_masks_and_4d_inputs_like_sdpa():
     torch.testing.assert_close(acc.result("all")[4].sum(-1), torch.ones(1, 16), atol=1e-5, rtol=0)
 
 
-def test_cross_attention_layers_are_kept_one_by_one_as_head_sums(tiny_model):
+@pytest.mark.parametrize("loop_order", ["per_head", "batched"])
+def test_cross_attention_layers_are_kept_one_by_one_as_head_sums(tiny_model, loop_order):
     """``cross_layer_resolutions``: each layer's head-SUM on its own (SeeDiff sums heads and
-    normalises each 16x16 layer), up layers first then down (its ``from_where=("up", "down")``)."""
+    normalises each 16x16 layer), up layers first then down (its ``from_where=("up", "down")``),
+    in both loop orders of the capture kernel."""
     unet = tiny_model.unet
     latents, t, emb = unet_inputs(tiny_model, batch=2)
     store, _ = explicit_probabilities(unet, latents, t, emb)
     side = 8
     request = AttentionRequest((), (side,), cross_layer_resolutions=(side,))
-    with AttentionCapture(unet, request, [0, 1], chunk_size=29) as capture, torch.inference_mode():
+    with AttentionCapture(unet, request, [0, 1], chunk_size=29, loop_order=loop_order) as capture, torch.inference_mode():
         unet(latents, t, encoder_hidden_states=emb)
     layers = capture.cross_attention_layers()[side]
     names = [layer.name for layer in select_layers(list_layers(unet.attn_processors), "cross", "all")
@@ -453,3 +456,30 @@ def test_generate_with_pndm_as_the_official_code(tiny_model):
     assert (rounded.int() - tiny_model.decode_latents(latents, "truncate")[0].int()).max() == 1  # rounding != truncation
     with pytest.raises(ValueError, match="scheduler"):
         tiny_model.generate([query], request, extract, scheduler_name="euler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_per_head_loop_equals_batched_loop_and_skipped_rows_use_sdpa(tiny_model, dtype):
+    """The speed-up of issue 17 (per-head, cache-sized chunks on the CPU; fused SDPA for rows
+    nobody reads) leaves the captured maps and the UNet output as the all-heads loop (the
+    previous implementation, still the GPU path) computes them, on seeded inputs, also with
+    uncaptured rows (-1, as classifier-free guidance's unconditional half) and ragged chunks."""
+    unet = copy.deepcopy(tiny_model.unet).to(dtype)  # the fixture is shared: leave it in float32
+    latents, t, emb = unet_inputs(tiny_model, batch=4, seed=3)
+    latents, emb = latents.to(dtype), emb.to(dtype)
+    plain = plain_output(unet, latents, t, emb)
+    request = AttentionRequest(ALL_16, ALL_16)
+    groups, cross = [-1, 0, -1, 0], [-1, 0, -1, 1]
+    results = {}
+    for order in ("per_head", "batched"):
+        with AttentionCapture(unet, request, groups, chunk_size=37, cross_groups=cross, loop_order=order) as capture:
+            assert {p.loop_order for p in unet.attn_processors.values() if isinstance(p, CapturingAttnProcessor)} == {order}
+            with torch.inference_mode():
+                out = unet(latents, t, encoder_hidden_states=emb).sample
+        results[order] = (out, capture.self_attention(), capture.cross_attention())
+    (out_a, self_a, cross_a), (out_b, self_b, cross_b) = results["per_head"], results["batched"]
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    torch.testing.assert_close(out_a, out_b, atol=tol, rtol=0)
+    torch.testing.assert_close(out_a, plain, atol=tol, rtol=0)
+    for side in ALL_16:
+        assert self_a[side].dtype == torch.float32 and self_a[side].shape == (1, side**2, side**2)
+        torch.testing.assert_close(self_a[side], self_b[side], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(cross_a[side], cross_b[side], atol=1e-6, rtol=1e-5)

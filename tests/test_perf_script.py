@@ -39,3 +39,44 @@ def test_perf_refuses_cuda_without_a_gpu():
         capture_output=True, text=True, cwd=REPO, timeout=120,
     )
     assert proc.returncode == 2 and "CUDA is not available" in proc.stderr
+
+
+@pytest.mark.slow  # ~8 s of CPU: builds the tiny SD, starts a loader worker, runs 4 images
+def test_perf_e2e_runs_the_harness_pipeline_on_cpu(capsys):
+    """End-to-end mode (GPU-ready; here device=cpu, tiny SD, a loader worker): every stage
+    is timed, images/s and the peak-memory line come last."""
+    from benchmark.perf import E2E_STAGES, main
+
+    main(["e2e", "--arch", "tiny", "--images", "2", "--batch", "2", "--workers", "1", "--size", "16", "--threads", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert "2 images timed after a warm-up batch" in lines[0], lines[0]
+    rows = {line[:14].strip(): line[14:].split() for line in lines[2:8]}
+    assert list(rows) == [*E2E_STAGES, "overall"], lines
+    assert all(float(seconds) >= 0 for seconds, _ in rows.values())
+    assert float(rows["capture"][0]) > 0 and float(rows["overall"][0]) >= float(rows["capture"][0])
+    assert re.fullmatch(r"images_per_s_end_to_end=\d+\.\d+", lines[-2]) and float(lines[-2].split("=")[1]) > 0
+    assert lines[-1] == "peak_gpu_memory_mb=nan"  # CUDA's max_memory_allocated on a GPU
+
+
+def test_stack_collate_batches_pinnable_tensors():
+    import torch
+
+    from benchmark.perf import stack_collate
+    from benchmark.types import Sample
+
+    samples = [Sample(f"id{i}", torch.full((3, 4, 4), i, dtype=torch.uint8), torch.full((4, 4), i), {"k": i}) for i in range(3)]
+    batch = stack_collate(samples)
+    assert batch["ids"] == ["id0", "id1", "id2"] and batch["meta"][2] == {"k": 2}
+    assert batch["images"].shape == (3, 3, 4, 4) and batch["images"].dtype == torch.uint8
+    assert torch.equal(batch["labels"][1], samples[1].label)
+
+
+def test_perf_kernel_profiles_each_capture_step(capsys):
+    from benchmark.perf import main
+
+    main(["kernel", "--size", "16", "--heads", "2", "--chunk-size", "48", "--repeats", "1", "--threads", "1"])
+    out = capsys.readouterr().out
+    for order in ("per_head", "batched"):
+        match = re.search(rf"^steps {order}\s+QK\^T (\S+)  softmax (\S+)  P\.V (\S+)  head-sum\+add (\S+)", out, re.M)
+        assert match and all(float(x) >= 0 for x in match.groups()), out
+        assert re.search(rf"^kernel_ratio_{order}=\d+\.\d+$", out, re.M), out

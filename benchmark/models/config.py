@@ -36,8 +36,9 @@ class ModelConfig:
     dtype: str = "fp32"
     #: auto (cuda when available) | cpu | cuda | cuda:N | mps
     device: str = "auto"
-    #: query rows per chunk of the capturing attention, summed over the batch rows
-    #: (memory of one chunk ~ chunk_size x heads x keys x 4 bytes)
+    #: query rows per chunk of the capturing attention: per batch row and head on a
+    #: 1-thread CPU (chunk_size x keys x 4 bytes, cache-sized), else summed over the batch
+    #: rows (chunk_size x heads x keys x 4 bytes); see benchmark/attention/capture.py
     chunk_size: int = 128
     #: UNet batch rows (prompts) per forward call; more prompts are split into several calls
     max_batch: int = 16
