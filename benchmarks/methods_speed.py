@@ -143,7 +143,23 @@ def synthesise(method, params, ctx: SegmentContext, labels: torch.Tensor, segmen
     names = {name.lower(): seg for name, seg in segment_classes.items()}
     query_segment = [names.get((q.word or "").lower()) for q in queries]
     cross = cross_attention(labels, request.cross_resolutions, queries, query_segment, positions, generator)
-    return AttentionMaps(self_attn=self_maps, cross_attn=cross, queries=list(queries), token_positions=positions)
+    # per-layer head sums (SeeDiff's official per-layer normalisation): 3 layers of 5 heads
+    # with different peak heights, so the per-layer min-max has work to do
+    layers = {
+        s: torch.stack([cross[s] * 5.0 * (1.0 + 0.5 * k) for k in range(3)]) for s in request.cross_layer_resolutions
+    }
+    features = {name: block_features(labels, generator) for name in request.features}
+    return AttentionMaps(self_attn=self_maps, cross_attn=cross, queries=list(queries), token_positions=positions,
+                         cross_attn_layers=layers, features=features)
+
+
+def block_features(labels: torch.Tensor, generator: torch.Generator, channels: int = 1280) -> torch.Tensor:
+    """(1, N, C) block-output tokens at latent/4 (DiffCut's deepest attention down stage: 16 x 16
+    at 512 px, C = 1280 as SD's): one random direction per segment plus noise."""
+    side = labels.shape[-1] // 4
+    small = labels[::4, ::4][:side, :side].reshape(-1)
+    directions = torch.randn(int(labels.max()) + 1, channels, generator=generator)
+    return (directions[small] + 0.5 * torch.randn(small.numel(), channels, generator=generator))[None]
 
 
 def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
@@ -152,7 +168,12 @@ def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -
     cls = get_method(name)
     if not cls.needs_diffusion:
         return {"skipped": "needs no diffusion pass (reads external predictions)"}
-    spec, class_names = compose_method(name, DATASET.get(cls.task, "cocostuff27"), overrides)
+    from benchmark.config import ConfigError
+
+    try:
+        spec, class_names = compose_method(name, DATASET.get(cls.task, "cocostuff27"), overrides)
+    except ConfigError as err:  # e.g. a method that needs a captions file to be configured
+        return {"skipped": f"its preset needs more than synthetic inputs: {err}"}
     method = spec.cls(settings=spec.settings, extract=spec.extract)
     params = spec.points[0]
     generator = torch.Generator().manual_seed(0)
@@ -182,6 +203,8 @@ def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -
             self_attn={s: a.clone() for s, a in attn.self_attn.items()},
             cross_attn={s: a.clone() for s, a in attn.cross_attn.items()},
             queries=list(attn.queries), token_positions=[list(p) for p in attn.token_positions],
+            cross_attn_layers={s: a.clone() for s, a in attn.cross_attn_layers.items()},
+            features={n: f.clone() for n, f in attn.features.items()},
         )
         t, c = time.perf_counter(), time.process_time()
         labels_out = method.segment(fresh, ctx, params)
@@ -225,16 +248,16 @@ def main(argv=None) -> None:
         overrides.setdefault(target, []).append(f"method.{value}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, output {args.out}x{args.out}, "
           f"synthetic {LATENT}x{LATENT}-latent attention (background + 3 objects); pipeline timing, not accuracy")
-    print(f"{'method':<16}{'s/image':>9} {'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
+    print(f"{'method':<17}{'s/image':>8} {'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
           f"{'prompts/image':>14}{'(gt)':>6}{'steps':>6}{'segments':>9}")
     for name in names:
         row = time_method(name, args, overrides.get(name, []))
         if "skipped" in row:
-            print(f"{name:<16}skipped: {row['skipped']}")
+            print(f"{name:<17}skipped: {row['skipped']}")
             continue
         spread = f"{row['spread'][0]:.3f}..{row['spread'][1]:.3f}"
         prompts = "n/a" if row["prompts"] < 0 else str(row["prompts"])
-        print(f"{name:<16}{row['wall']:>9.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
+        print(f"{name:<17}{row['wall']:>8.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
               f"{prompts:>14}{row['prompts_gt']:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
         print(f"seconds_per_image_{name}={row['wall']:.4f}")
         print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")

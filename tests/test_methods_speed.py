@@ -72,3 +72,15 @@ def test_synthetic_scene_is_structured():
     torch.testing.assert_close(maps.sum(-1), torch.ones(1, 256))
     inside = (torch.nn.functional.avg_pool2d(labels.eq(1).float()[None, None], 4).flatten() > 0.5)
     assert maps[0, inside, 4].mean() > 5 * maps[0, ~inside, 4].mean()
+
+
+def test_methods_speed_synthesises_block_features_and_per_layer_cross_attention(capsys):
+    """DiffCut reads block-output features and seediff_code per-layer cross-attention: both
+    are synthesised, so both methods are timed rather than skipped."""
+    script = _load_script()
+    script.main(["--only", "diffcut,seediff_code", "--repeats", "0", "--out", "64", "--threads", "1",
+                 "--set", "seediff_code.pamr_iterations=2"])
+    out = capsys.readouterr().out
+    seconds = {m: float(v) for m, v in re.findall(r"^seconds_per_image_(\w+)=(\d+\.\d+)$", out, re.M)}
+    assert set(seconds) == {"diffcut", "seediff_code"}, out
+    assert not re.search(r"skipped", out), out
