@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Tuple
 
 from benchmark.config import LoggerConfig
 
@@ -90,20 +90,19 @@ class WandbLogger:
             self.run.log({"per_class_IoU": wandb.Table(columns=["class", "IoU"], data=[[k, v] for k, v in per_class.items()])})
         overlays = []
         class_labels = {i: name for i, name in enumerate(payload.get("class_names", []))}
-        class_labels[int(payload.get("ignore_index", 255))] = "ignore"
-        # open-vocabulary predictions are class ids; unsupervised ones are segment ids
-        pred_labels = None if payload.get("metric", "").startswith("hungarian") else class_labels
+        ignore = int(payload.get("ignore_index", 255))
+        class_labels[ignore] = "ignore"
         for ex in outcome.examples[: self.cfg.n_overlays]:
             image = ex.image.permute(1, 2, 0).cpu().numpy()
             if image.shape[:2] != tuple(ex.label.shape):
                 continue
+            pred, pred_labels = matched_prediction(ex.pred.cpu().numpy(), ex.label.cpu().numpy(), payload, class_labels)
             overlays.append(
                 wandb.Image(
                     image,
                     caption=ex.image_id,
                     masks={
-                        "prediction": {"mask_data": ex.pred.cpu().numpy().astype("int32"),
-                                       **({"class_labels": pred_labels} if pred_labels else {})},
+                        "prediction": {"mask_data": pred, "class_labels": pred_labels},
                         "ground_truth": {"mask_data": ex.label.cpu().numpy().astype("int32"),
                                          "class_labels": class_labels},
                     },
@@ -116,6 +115,36 @@ class WandbLogger:
         if self.run is not None:
             self.run.finish(exit_code=1 if failed else 0)
             self.run = None
+
+
+def matched_prediction(
+    pred: "np.ndarray", label: "np.ndarray", payload: Dict[str, Any], class_labels: Dict[int, str]
+) -> Tuple["np.ndarray", Dict[int, str]]:
+    """The prediction (H, W) int32 as class ids with its W&B ``class_labels``.
+
+    Open-vocabulary predictions are class ids already. Unsupervised segment ids are shown as
+    the class the metric matched them to (``benchmark.visualize.matched_classes``: this
+    image's Hungarian match, or the dataset-level assignment of the first grid point), so
+    prediction and ground-truth masks share colours; unmatched segments get one extra id,
+    "unmatched segment"."""
+    import numpy as np
+
+    from benchmark.visualize import matched_classes
+
+    metric = payload.get("metric", "")
+    if not metric.startswith("hungarian"):
+        return pred.astype("int32"), class_labels
+    num_classes = len(payload.get("class_names", []))
+    results = payload.get("results") or [{}]
+    mapping = matched_classes(
+        pred, label, metric, num_classes, int(payload.get("ignore_index", 255)),
+        (results[0].get("metrics") or {}).get("assignment"),
+    )
+    unmatched = max(class_labels) + 1
+    out = np.full(pred.shape, unmatched, dtype="int32")
+    for segment, cls in mapping.items():
+        out[pred == segment] = cls
+    return out, {**class_labels, unmatched: "unmatched segment"}
 
 
 def make_logger(cfg: LoggerConfig, run_dir: Path):

@@ -185,3 +185,23 @@ def test_large_grids_show_the_default_and_the_best_point():
     assert example_points(payload) == [(4, "default"), (2, "best")]
     small = dict(payload, results=payload["results"][:3])
     assert example_points(small) == [(0, ""), (1, ""), (2, "")]
+
+
+def test_wandb_overlays_show_segments_as_their_matched_classes():
+    """W&B masks of an unsupervised run use the metric's match (same colours as the ground
+    truth); unmatched segments share one extra id; class-id predictions pass through."""
+    import numpy as np
+
+    from benchmark.loggers import matched_prediction
+
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2]])
+    pred = np.array([[7, 7, 3, 3], [7, 7, 3, 3], [5, 5, 9, 9]])  # 9: an extra segment
+    labels = {0: "sky", 1: "tree", 2: "road", 255: "ignore"}
+    payload = {"metric": "hungarian_image", "class_names": ["sky", "tree", "road"], "ignore_index": 255,
+               "results": [{"metrics": {}}]}
+    out, names = matched_prediction(pred, label, payload, labels)
+    assert out.tolist() == [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 256, 256]]
+    assert names[256] == "unmatched segment" and names[0] == "sky"
+    payload = {**payload, "metric": "miou"}
+    out, names = matched_prediction(label, label, payload, labels)
+    assert out.tolist() == label.tolist() and names == labels
