@@ -1,0 +1,88 @@
+"""User errors found by trying the harness as a new user (issue 14 items 5-7, 10): value
+checks of the method, metric and model are config errors (message alone, exit 2); a data
+error raised in a DataLoader worker prints its own message, not the worker's traceback;
+prediction files with out-of-range values name the file; benchmark.report rebuilds the
+figures of a method.void_value run."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from benchmark.compose import run_with_overrides
+from benchmark.config import ConfigError, InputError, error_message, is_user_error
+
+TINY = ["model=tiny", "dataset=synthetic", "dataset.n_images=1", "dataset.num_workers=0", "run.progress=false"]
+
+
+class _BadLabels:
+    """A dataset whose every item raises the data layer's InvalidLabelError."""
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        from benchmark.data.errors import InvalidLabelError
+
+        raise InvalidLabelError("label file /data/x.png has PIL mode 'RGB'\n(a second line)", "/data/x.png", "x")
+
+
+def test_error_raised_in_a_dataloader_worker_keeps_its_own_message():
+    from torch.utils.data import DataLoader
+
+    with pytest.raises(Exception) as caught:
+        list(DataLoader(_BadLabels(), num_workers=1))
+    err = caught.value
+    assert is_user_error(err)
+    assert "Caught InvalidLabelError" in str(err)  # torch's wrapper, with the worker's traceback
+    assert error_message(err) == "label file /data/x.png has PIL mode 'RGB'\n(a second line)"
+
+
+@pytest.mark.parametrize("overrides,expect", [
+    (["method.extract.image_size=200"], "method.extract.image_size=200"),
+    (["method=seediff", "method.candidates=all", "method.extract.image_size=192", "method.ca_resolution=16"],
+     "method.ca_resolution=16"),
+])
+def test_value_checks_of_method_and_model_are_config_errors(tmp_path, overrides, expect):
+    with pytest.raises(ConfigError, match=expect):
+        run_with_overrides(TINY + overrides, tmp_path / "run")
+    assert not list((tmp_path / "run").glob("records*"))
+
+
+def _folder_with_predictions(tmp_path: Path, pred: np.ndarray) -> list:
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    Image.fromarray(np.zeros((2, 4, 3), np.uint8)).save(root / "images" / "img0.png")
+    Image.fromarray(np.array([[0, 0, 1, 1], [0, 0, 1, 255]], np.uint8), mode="L").save(root / "labels" / "img0.png")
+    (root / "classes.txt").write_text("left\nright\n")
+    (tmp_path / "preds").mkdir()
+    Image.fromarray(pred.astype(np.uint8), mode="L").save(tmp_path / "preds" / "img0.png")
+    return ["dataset=folder", f"dataset.root={root}", "dataset.classes_file=classes.txt", "dataset.num_workers=0",
+            "method=predictions", f"method.dir={tmp_path / 'preds'}", "metric=miou", "run.progress=false"]
+
+
+def test_void_value_that_is_a_class_id_is_a_config_error(tmp_path):
+    args = _folder_with_predictions(tmp_path, np.zeros((2, 4)))
+    with pytest.raises(ConfigError, match=r"method.void_value=1 is one of the valid class ids"):
+        run_with_overrides(args + ["method.void_value=1"], tmp_path / "run")
+
+
+def test_out_of_range_prediction_file_is_an_input_error_naming_file_and_void_value(tmp_path):
+    args = _folder_with_predictions(tmp_path, np.array([[0, 255, 1, 1], [0, 0, 1, 1]]))
+    with pytest.raises(InputError) as err:
+        run_with_overrides(args, tmp_path / "run")
+    text = str(err.value)
+    assert str(tmp_path / "preds" / "img0.png") in text and "[255]" in text and "method.void_value=255" in text
+
+
+def test_report_rebuilds_the_figures_of_a_void_value_run(tmp_path):
+    from benchmark.report import report
+
+    args = _folder_with_predictions(tmp_path, np.array([[0, 255, 1, 1], [0, 0, 255, 255]]))
+    run_with_overrides(args + ["method.void_value=255", "run.report=false"], tmp_path / "run")
+    report([str(tmp_path / "run")])
+    assert (tmp_path / "run" / "examples" / "figure_img0.png").is_file()
+    assert (tmp_path / "run" / "report.html").is_file()
