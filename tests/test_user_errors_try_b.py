@@ -86,3 +86,15 @@ def test_report_rebuilds_the_figures_of_a_void_value_run(tmp_path):
     report([str(tmp_path / "run")])
     assert (tmp_path / "run" / "examples" / "figure_img0.png").is_file()
     assert (tmp_path / "run" / "report.html").is_file()
+
+
+def test_full_disk_is_a_user_error_and_a_bug_in_writing_is_not(tmp_path):
+    import errno
+
+    from benchmark.fileio import FileWriteError, naming_path
+
+    with pytest.raises(FileWriteError) as full:
+        with naming_path(tmp_path / "records.rank0.jsonl", "records"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+    assert is_user_error(full.value) and str(tmp_path / "records.rank0.jsonl") in error_message(full.value)
+    assert not is_user_error(FileWriteError("cannot write x at /p: [Errno 5] I/O error", "/p", errno.EIO))
