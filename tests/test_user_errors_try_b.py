@@ -98,3 +98,31 @@ def test_full_disk_is_a_user_error_and_a_bug_in_writing_is_not(tmp_path):
             raise OSError(errno.ENOSPC, "No space left on device")
     assert is_user_error(full.value) and str(tmp_path / "records.rank0.jsonl") in error_message(full.value)
     assert not is_user_error(FileWriteError("cannot write x at /p: [Errno 5] I/O error", "/p", errno.EIO))
+
+
+@pytest.mark.parametrize("n_cols", [1, 2, 5])
+def test_show_figures_keep_title_and_pipeline_mark_inside_the_figure(tmp_path, n_cols):
+    """benchmark.show's narrow figures (score_maps.png has 2 columns) cut their title and the
+    PIPELINE CHECK mark at both edges before (issue 15: every picture carries the mark)."""
+    import torch
+
+    from benchmark.show import heat_grid
+
+    captured = []
+    import matplotlib.pyplot as plt
+
+    real_close = plt.close
+    title = "fused cross-attention before and after self-attention — diffsegmenter, model tiny, image 2007_000033"
+    try:
+        plt.close = lambda fig=None: captured.append(fig)
+        heat_grid(np.zeros((32, 48, 3), np.uint8), [("w", [(f"c{i}", torch.rand(4, 4)) for i in range(n_cols)])],
+                  tmp_path / "grid.png", title, pipeline_check=True)
+    finally:
+        plt.close = real_close
+    fig = captured[0]
+    fig.canvas.draw()
+    text = fig._suptitle
+    assert "PIPELINE CHECK" in text.get_text() and "2007_000033" in text.get_text()
+    box, page = text.get_window_extent(), fig.bbox
+    assert box.x0 >= page.x0 and box.x1 <= page.x1, (n_cols, box, page)
+    real_close(fig)
