@@ -126,3 +126,20 @@ def test_show_figures_keep_title_and_pipeline_mark_inside_the_figure(tmp_path, n
     box, page = text.get_window_extent(), fig.bbox
     assert box.x0 >= page.x0 and box.x1 <= page.x1, (n_cols, box, page)
     real_close(fig)
+
+
+@pytest.mark.parametrize("way", ["--config-dir", "--config-dir=", "hydra.searchpath=[file://"])
+def test_a_config_folder_that_does_not_exist_is_named(tmp_path, capsys, way):
+    from benchmark.__main__ import UsageError, check_group_choices
+
+    missing = tmp_path / "my_conf"
+    args = {"--config-dir": ["--config-dir", str(missing)], "--config-dir=": [f"--config-dir={missing}"],
+            "hydra.searchpath=[file://": [f"hydra.searchpath=[file://{missing}]"]}[way]
+    with pytest.raises(UsageError):
+        check_group_choices(args + ["experiment=mine"])
+    err = capsys.readouterr().err
+    assert str(missing) in err and "does not exist" in err
+    missing.mkdir()
+    (missing / "experiment").mkdir()
+    (missing / "experiment" / "mine.yaml").write_text("# @package _global_\n")
+    check_group_choices(args + ["experiment=mine"])
