@@ -143,3 +143,26 @@ def test_a_config_folder_that_does_not_exist_is_named(tmp_path, capsys, way):
     (missing / "experiment").mkdir()
     (missing / "experiment" / "mine.yaml").write_text("# @package _global_\n")
     check_group_choices(args + ["experiment=mine"])
+
+
+def test_folder_reads_classes_txt_under_the_root_as_its_layout_shows(tmp_path):
+    """datasets/README.md's tree for dataset=folder puts classes.txt under the root; without
+    dataset.classes_file it failed with 'no class names'."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from dataset_layouts import write_folder
+
+    from benchmark.data import build_dataset, dataset_config
+
+    write_folder(tmp_path / "mine", num_classes=3)
+    ds = build_dataset(dataset_config({"name": "folder", "root": str(tmp_path / "mine"), "num_workers": 0}))
+    assert list(ds.class_names) == ["thing0", "thing1", "thing2"]
+    # an explicit setting still wins
+    ds = build_dataset(dataset_config({"name": "folder", "root": str(tmp_path / "mine"), "num_workers": 0,
+                                       "class_names": ["a", "b", "c"]}))
+    assert list(ds.class_names) == ["a", "b", "c"]
+    # and without the file the error still says what to set
+    (tmp_path / "mine" / "classes.txt").unlink()
+    with pytest.raises(ValueError, match="dataset.classes_file"):
+        build_dataset(dataset_config({"name": "folder", "root": str(tmp_path / "mine"), "num_workers": 0}))
