@@ -166,3 +166,15 @@ def test_folder_reads_classes_txt_under_the_root_as_its_layout_shows(tmp_path):
     (tmp_path / "mine" / "classes.txt").unlink()
     with pytest.raises(ValueError, match="dataset.classes_file"):
         build_dataset(dataset_config({"name": "folder", "root": str(tmp_path / "mine"), "num_workers": 0}))
+
+
+def test_a_16_bit_grey_image_is_read_as_its_picture_not_clipped_to_white(tmp_path):
+    from benchmark.data.io import read_image
+
+    grey = np.arange(0, 65536, 256, dtype=np.uint16).reshape(16, 16)  # 0, 256, ..., 65280
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I;16")
+    rgb = read_image(tmp_path / "g16.png", str(tmp_path / "g16.png"), "g16")
+    assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[..., 0], (grey >> 8).astype(np.uint8))
+    assert (rgb[..., 0] == rgb[..., 2]).all()
