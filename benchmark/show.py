@@ -464,12 +464,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value")
-    from benchmark.config import ConfigError
+    if args.points < 1:
+        parser.error(f"--points {args.points}: expected at least 1 query point")
+    from benchmark.config import ConfigError, error_message, full_tracebacks, is_user_error
 
     try:
         result = show(args.image, overrides, args.out, args.points, args.prompt, args.words)
-    except (ShowError, ConfigError) as err:
-        print(f"Error: {err}", file=sys.stderr)
+    except Exception as err:  # user errors (config, data, model files) as in `python -m benchmark`
+        if not (isinstance(err, (ShowError, ConfigError)) or is_user_error(err)) or full_tracebacks():
+            raise
+        print(f"Error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     for p in result["written"]:
         print(f"wrote {p}")

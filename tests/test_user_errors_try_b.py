@@ -178,3 +178,18 @@ def test_a_16_bit_grey_image_is_read_as_its_picture_not_clipped_to_white(tmp_pat
     assert rgb.shape == (16, 16, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[..., 0], (grey >> 8).astype(np.uint8))
     assert (rgb[..., 0] == rgb[..., 2]).all()
+
+
+@pytest.mark.parametrize("args,expect", [
+    (["2007_000033", "dataset=voc21", "dataset.root=/nowhere/voc"], "dataset root not found: /nowhere/voc"),
+    (["img.png", "--points", "0"], "--points 0"),
+])
+def test_show_prints_user_errors_without_traceback(tmp_path, capsys, monkeypatch, args, expect):
+    from benchmark.show import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(args + ["--out", str(tmp_path / "show")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert expect in err and "Traceback" not in err
