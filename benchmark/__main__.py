@@ -80,6 +80,11 @@ def check_group_choices(args: List[str]) -> None:
     from benchmark.registry import did_you_mean
 
     search_path = _search_path_args(args)
+    for entry in search_path:  # Hydra skips a folder that is not there: its options would be "unknown"
+        if entry.startswith("file://") and not Path(entry[len("file://"):]).is_dir():
+            print(f"Error: config folder {entry[len('file://'):]} (from --config-dir or hydra.searchpath) "
+                  "does not exist or is not a folder", file=sys.stderr)
+            raise UsageError(2)
     for arg in args:
         m = _GROUP_OVERRIDE.match(arg)
         if not m:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
@@ -69,11 +70,25 @@ def full_tracebacks() -> bool:
     return os.environ.get("HYDRA_FULL_ERROR") == "1"
 
 
+#: torch's DataLoader re-raises a worker's exception as ``type(msg)`` where ``msg`` is
+#: "Caught <Type> in DataLoader worker process <n>.\nOriginal Traceback ...\n<module.Type>: <text>"
+_WORKER_WRAPPER = re.compile(r"\ACaught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
 def error_message(err: BaseException) -> str:
-    """The text of an exception (KeyError's own repr quotes it: unquote)."""
+    """The text of an exception (KeyError's own repr quotes it: unquote). An exception a
+    DataLoader worker raised gives its own message, without the worker's traceback."""
     if isinstance(err, KeyError) and len(err.args) == 1:
-        return str(err.args[0])
-    return str(err) or type(err).__name__
+        text = str(err.args[0])
+    else:
+        text = str(err) or type(err).__name__
+    m = _WORKER_WRAPPER.match(text)
+    if m:
+        # the last "<module.>Type: " line starts the original message (it may span lines)
+        starts = list(re.finditer(r"^(?:[\w.]+\.)?" + re.escape(m.group(1)) + r": ", text, re.MULTILINE))
+        if starts:
+            return text[starts[-1].end():].rstrip()
+    return text
 
 
 def register_resolvers() -> None:

@@ -37,6 +37,12 @@ class FileWriteError(OSError):
         self.path = None if path is None else str(path)
         self.errno = code
 
+    @property
+    def user_error(self) -> bool:
+        """A full disk / quota, a read-only or forbidden folder is the user's to fix: the
+        message alone is printed (exit code 2), not a traceback (``config.is_user_error``)."""
+        return self.errno in NO_SPACE + (errno.EACCES, errno.EPERM, errno.EROFS)
+
     def __reduce__(self):
         return (type(self), (str(self), self.path, self.errno))
 

@@ -350,7 +350,8 @@ def per_image_scores(
 
     cls = get_metric(payload["metric"])
     params = to_dataclass(payload.get("metric_params", {}), cls.Params, "metric")
-    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params)
+    metric = cls(len(payload["class_names"]), payload["class_names"], payload["ignore_index"], params,
+                 void_value=payload.get("void_value"))  # its counts hold "undecided" (method.void_value)
     frame = pd.read_parquet(run_dir / "per_image.parquet")
     if ids is not None:
         frame = frame[frame["image_id"].isin(list(ids))]

@@ -139,21 +139,31 @@ class Runner:
             if is_user_error(err):
                 raise
             raise ConfigError(f"dataset={v.dataset.name}: {error_message(err)}") from err
-        self.method = v.method.cls(settings=v.method.settings, extract=v.method.extract)
-        self.metric = v.metric.cls(
-            num_classes=self.dataset.num_classes,
-            class_names=self.dataset.class_names,
-            ignore_index=self.dataset.ignore_index,
-            params=v.metric.params,
-            void_value=self._void_value(),
-        )
+        try:  # the method's and metric's own value checks (void_value, sides, ...): config errors
+            self.method = v.method.cls(settings=v.method.settings, extract=v.method.extract)
+            self.metric = v.metric.cls(
+                num_classes=self.dataset.num_classes,
+                class_names=self.dataset.class_names,
+                ignore_index=self.dataset.ignore_index,
+                params=v.metric.params,
+                void_value=self._void_value(),
+            )
+        except ValueError as err:
+            if is_user_error(err):
+                raise
+            raise ConfigError(error_message(err)) from err
         if getattr(v.method.settings, "candidates", None) == "clip" or getattr(v.method.settings, "captioner", "none") != "none":
             self._clip_filter()  # loads CLIP and/or the captioner now: fail at start if absent
         self.request = None
         if self.method.needs_diffusion:
             request = None
             for p in v.method.points:
-                r = self.method.attention_request(p)
+                try:  # e.g. method.ca_resolution naming a side the input size lacks
+                    r = self.method.attention_request(p)
+                except ValueError as err:
+                    if is_user_error(err):
+                        raise
+                    raise ConfigError(error_message(err)) from err
                 request = r if request is None else request.union(r)
             self.request = request
 
@@ -232,7 +242,12 @@ class Runner:
             from benchmark.models import LazyModel
 
             model = LazyModel(v.model)  # weights load on the first cache miss
-            model.check_request(self.request, v.method.extract.image_size)  # what the model lacks fails now
+            try:  # what the model lacks (input size, attention sides, modules) fails now
+                model.check_request(self.request, v.method.extract.image_size)
+            except ValueError as err:
+                if is_user_error(err):
+                    raise
+                raise ConfigError(error_message(err)) from err
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 
@@ -341,7 +356,17 @@ class Runner:
                     f"expected {ctx.out_size}"
                 )
             pred = pred.to("cpu")
-            counts = self.metric.counts(pred, sample.label, sample.image_id)
+            try:
+                counts = self.metric.counts(pred, sample.label, sample.image_id)
+            except ValueError as err:
+                if self.v.method.name != "predictions":
+                    raise  # the harness' own method produced it: a bug
+                s = self.v.method.settings  # the user's prediction file holds values the metric refuses
+                raise InputError(
+                    f"method=predictions: {Path(s.dir) / (sample.image_id + s.suffix)}: {error_message(err)}"
+                    + ("" if s.void_value is not None else
+                       " (if the files write a value such as 255 for 'no decision', set method.void_value=255)")
+                ) from err
             record.counts.append({k: sparse(a) for k, a in counts.items()})
             record.n_pred.append(int(torch.unique(pred).numel()))
             if keep:

@@ -140,6 +140,20 @@ def self_attention_of_point(self_attn: torch.Tensor, point: Tuple[float, float])
 # --------------------------------------------------------------------------------------
 # drawing
 # --------------------------------------------------------------------------------------
+def _suptitle(fig, title: str, pipeline_check: bool, fontsize: float = 8):
+    """The figure's title wrapped to the figure's width, the PIPELINE CHECK mark on a line of
+    its own (a one- or two-panel figure is narrower than the title and the mark: unwrapped,
+    both were cut at the figure's edges). Returns the Text artist."""
+    import textwrap
+
+    from benchmark.visualize import PIPELINE_MARK
+
+    # about 0.6 em per character of DejaVu Sans; 72 points per inch
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.6 * fontsize)) - 2)
+    lines = textwrap.wrap(title, chars) + (textwrap.wrap(f"[{PIPELINE_MARK}]", chars) if pipeline_check else [])
+    return fig.suptitle("\n".join(lines), fontsize=fontsize, color="darkred" if pipeline_check else "black")
+
+
 def _pyplot():
     import matplotlib
 
@@ -162,8 +176,6 @@ def heat_grid(
     """A grid of heat maps: rows = (row name, [(column title, map (h, w))]); each map is
     upsampled to the image, min-max scaled and drawn over it with ``HEAT_CMAP``.
     ``points``: a relative (y, x) marker per row."""
-    from benchmark.visualize import PIPELINE_MARK
-
     plt = _pyplot()
     height, width = image.shape[:2]
     n_cols = max(len(cols) for _, cols in rows)
@@ -185,8 +197,7 @@ def heat_grid(
             if points is not None:
                 ax.plot(points[r][1] * width, points[r][0] * height, "w+", markersize=10, markeredgewidth=2)
             ax.set_title(f"{name}\n{col_title}" if c == 0 else col_title, fontsize=7)
-    fig.suptitle(title + (f"  [{PIPELINE_MARK}]" if pipeline_check else ""), fontsize=8,
-                 color="darkred" if pipeline_check else "black")
+    _suptitle(fig, title, pipeline_check)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -195,7 +206,7 @@ def heat_grid(
 
 def label_grid(image: np.ndarray, panels: List[Tuple[str, np.ndarray]], path: Path, title: str, pipeline_check: bool) -> Path:
     """Label maps (ids coloured with the distinct palette) side by side over the image."""
-    from benchmark.visualize import PIPELINE_MARK, distinct_palette, overlay
+    from benchmark.visualize import distinct_palette, overlay
 
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(2.4 * len(panels), 2.8), squeeze=False)
@@ -204,8 +215,7 @@ def label_grid(image: np.ndarray, panels: List[Tuple[str, np.ndarray]], path: Pa
         ax.imshow(overlay(image, pal[labels]))
         ax.set_title(name, fontsize=7)
         ax.axis("off")
-    fig.suptitle(title + (f"  [{PIPELINE_MARK}]" if pipeline_check else ""), fontsize=8,
-                 color="darkred" if pipeline_check else "black")
+    _suptitle(fig, title, pipeline_check)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -454,12 +464,16 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         parser.error(f"unrecognised arguments {bad}: overrides are key=value")
-    from benchmark.config import ConfigError
+    if args.points < 1:
+        parser.error(f"--points {args.points}: expected at least 1 query point")
+    from benchmark.config import ConfigError, error_message, full_tracebacks, is_user_error
 
     try:
         result = show(args.image, overrides, args.out, args.points, args.prompt, args.words)
-    except (ShowError, ConfigError) as err:
-        print(f"Error: {err}", file=sys.stderr)
+    except Exception as err:  # user errors (config, data, model files) as in `python -m benchmark`
+        if not (isinstance(err, (ShowError, ConfigError)) or is_user_error(err)) or full_tracebacks():
+            raise
+        print(f"Error: {error_message(err)}", file=sys.stderr)
         raise SystemExit(2) from None
     for p in result["written"]:
         print(f"wrote {p}")

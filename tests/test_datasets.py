@@ -502,6 +502,9 @@ def test_folder_dataset(tmp_path, caplog):
     split.write_text("b\nzzz\n")
     with pytest.raises(MissingFileError, match="zzz"):
         build_dataset(dict(cfg, split_file="split.txt"))
+    # root/classes.txt is the class list when none is configured; without it, an error
+    assert build_dataset({"name": "folder", "root": str(tmp_path)}).class_names == ds.class_names
+    (tmp_path / "classes.txt").unlink()
     with pytest.raises(ValueError, match="class_names"):
         build_dataset({"name": "folder", "root": str(tmp_path)})
 

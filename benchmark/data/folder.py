@@ -20,7 +20,8 @@ FOLDER_SECTION = "Your own data: folder"
 def user_class_names(
     cfg: LabelRulesMixin, resolve: Callable[[str], Path], section: str, fallback: Optional[List[str]] = None
 ) -> List[str]:
-    """dataset.class_names, else the lines of dataset.classes_file, else ``fallback``."""
+    """dataset.class_names, else the lines of dataset.classes_file, else ``fallback``
+    (``dataset=folder``: the lines of ``root/classes.txt`` when that file exists)."""
     if cfg.class_names is not None and cfg.classes_file is not None:
         raise ValueError("set dataset.class_names or dataset.classes_file, not both")
     if cfg.class_names is not None:
@@ -73,7 +74,10 @@ def build_folder(cfg: FolderConfig) -> FileDataset:
     resolve = path_resolver(root)
     image_dir = require_dir(resolve(cfg.image_dir), "image folder (dataset.image_dir)", FOLDER_SECTION)
     label_dir = require_dir(resolve(cfg.label_dir), "label folder (dataset.label_dir)", FOLDER_SECTION)
-    names = user_class_names(cfg, resolve, FOLDER_SECTION)
+    # the documented layout: root/classes.txt is the class list when none is configured
+    default_list = root / "classes.txt" if root is not None else None
+    fallback = read_class_list(default_list) if default_list is not None and default_list.is_file() else None
+    names = user_class_names(cfg, resolve, FOLDER_SECTION, fallback)
     suffixes = {s.lower() if s.startswith(".") else "." + s.lower() for s in cfg.image_suffixes}
     same_dir = image_dir.resolve() == label_dir.resolve()
 

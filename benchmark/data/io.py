@@ -31,6 +31,11 @@ def _open(source: Source, name: str, image_id: Optional[str]) -> Image.Image:
 def read_image(source: Source, name: str, image_id: Optional[str] = None) -> np.ndarray:
     """RGB uint8 array (H, W, 3). ``name`` is the file's path (or a description) for errors."""
     handle = _open(source, name, image_id)
+    if handle.mode.startswith("I;16"):
+        # 16-bit grey: PIL's convert("RGB") clips every value above 255 (a white image);
+        # keep the high byte, as an 8-bit export of the same picture would
+        grey = (np.asarray(handle, dtype=np.uint16) >> 8).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
     if handle.mode != "RGB":
         handle = handle.convert("RGB")  # COCO has grayscale and CMYK JPEGs
     return np.array(handle)  # a writable copy: torch.from_numpy refuses read-only views
