@@ -42,7 +42,7 @@ import torch
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
 
 from .attention_ops import OneEntryMemo, resize_maps, standard_self_resolutions, weights_by_side
-from .base import check_choice
+from .base import check_choice, user_error
 from .caption_nouns import CaptionNoun, class_vocabulary, match_caption_nouns
 from .diffseg import DiffSeg, DiffSegParams
 from .open_vocab import check_token_rule, word_attention
@@ -172,14 +172,6 @@ def vote_segments(segments: torch.Tensor, maps: torch.Tensor, voting: str) -> to
     return winner[inverse].view(segments.shape)
 
 
-def _user_error(message: str) -> ValueError:
-    """A ValueError caused by the user's captions file or settings: the CLI prints it alone
-    with exit code 2 (``benchmark.config.is_user_error`` reads ``user_error``)."""
-    err = ValueError(message)
-    err.user_error = True
-    return err
-
-
 class DiffSegSemantic(DiffSeg):
     """``method=diffseg_semantic``: DiffSeg segments named by caption nouns (module doc)."""
 
@@ -203,7 +195,7 @@ class DiffSegSemantic(DiffSeg):
         if not isinstance(caption, str) or not caption.strip():
             source = (f"method.candidates_file {self.settings.candidates_file}" if self.settings.candidates == "file"
                       else "the captioner")
-            raise _user_error(
+            raise user_error(
                 f"image {ctx.image_id!r}: method=diffseg_semantic needs a caption and {source} gave "
                 f"{caption!r} (a file entry needs a \"caption\" string)"
             )
@@ -235,12 +227,12 @@ class DiffSegSemantic(DiffSeg):
         wanted = self.settings.unmatched_class
         if wanted is not None:
             if wanted not in names:
-                raise _user_error(f"method.unmatched_class={wanted!r} is not a class of the dataset")
+                raise user_error(f"method.unmatched_class={wanted!r} is not a class of the dataset")
             return [names.index(wanted)]
         if "background" in names:
             return [names.index("background")]
         if required:
-            raise _user_error(
+            raise user_error(
                 f"image {ctx.image_id!r}: the caption {ctx.caption!r} names no class and the dataset has no "
                 "'background' class: set method.unmatched_class=<class name>"
             )

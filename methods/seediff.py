@@ -65,7 +65,7 @@ from benchmark.attention.layers import LAYER_SELECTIONS
 from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
 
 from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions
-from .base import check_choice
+from .base import check_choice, user_error
 from .open_vocab import (
     OpenVocabSettings,
     OpenVocabularyMethod,
@@ -707,9 +707,10 @@ class SeeDiff(OpenVocabularyMethod):
         """Soft maps (P, s, s) of every prompt at attention resolution (before Eq. 12)."""
         missing = [s for s in self.self_sides(params) if s not in attn.self_attn]
         if missing:
-            raise ValueError(
+            raise user_error(
                 f"method.sa_resolutions: self-attention sides {missing} were not captured "
-                f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
+                f"(captured: {sorted(attn.self_attn)}): the model has no self-attention there at this image size "
+                "(SDXL-family models have none at latent/1); set method.sa_resolutions to captured sides"
             )
         if params.stage == "caa" and params.caa_sides == "all":
             # DiffuMask row of the supplement: every side's class CA, normalised, resized

@@ -207,6 +207,19 @@ def test_a_side_missing_at_the_input_size_names_the_key():
         m.attention_request(SeeDiffParams(sa_resolutions=[16, 32]))
 
 
+def test_sides_the_model_did_not_capture_are_a_user_error():
+    """SDXL-family models have no attention at latent/1 (their first stage): SeeDiff's default
+    sides are not captured. The message names the key and the captured sides, printed alone
+    with exit code 2 rather than as a traceback (model=tiny_sdxl method=seediff)."""
+    from benchmark.config import is_user_error
+
+    m = SeeDiff(extract=ExtractionConfig(image_size=256))
+    attn = AttentionMaps(self_attn={16: torch.full((1, 256, 256), 1 / 256), 8: torch.full((1, 64, 64), 1 / 64)})
+    with pytest.raises(ValueError, match=r"sa_resolutions.*\[32\].*captured: \[8, 16\]") as err:
+        m.prompt_maps(attn, SeeDiffParams())
+    assert is_user_error(err.value)
+
+
 @pytest.mark.slow
 def test_seediff_presets_run_from_the_cli_at_192_px(tmp_path):
     from benchmark.compose import run_with_overrides
