@@ -327,6 +327,8 @@ def grid_points(base: Dict[str, Any], grid: Mapping[str, Any], params_cls: type,
         if len(values) == 0:
             raise ConfigError(f"Grid axis 'method.grid.{key}' is empty; give at least one value")
         axes.append(list(values))
+    if keys:  # a bad value outside the grid is named as the user wrote it: method.<key>
+        to_dataclass({k: v for k, v in base.items() if k not in keys}, params_cls, "method")
     points = []
     for combo in itertools.product(*axes) if axes else [()]:
         values = dict(base)

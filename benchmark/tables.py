@@ -1,6 +1,7 @@
 """Tables are views of the results: Markdown, CSV and LaTeX (booktabs) from one frame."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -44,6 +45,11 @@ def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dic
     protocol = getattr(method_cls, "protocol", None)
     if protocol is not None:
         out.update(protocol(v.method.settings))
+    # the published numbers are on the dataset config's evaluation split (its default)
+    split_field = next((f for f in dataclasses.fields(type(v.dataset)) if f.name == "split"), None) \
+        if dataclasses.is_dataclass(v.dataset) else None
+    if split_field is not None and split_field.default is not dataclasses.MISSING:
+        out["split"], out["published_split"] = getattr(v.dataset, "split", None), split_field.default
     subset = []
     if getattr(v.dataset, "ids", None):
         subset.append(f"dataset.ids ({len(v.dataset.ids)} ids)")
@@ -59,7 +65,8 @@ def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run
     """Why the published ``entry`` (of ``reference = {method, dataset, metric}``) is not
     comparable with a run (``run_protocol``); empty = comparable. Compared: method, dataset,
     metric, the entry's ``protocol`` keys (candidate mode: ``gt`` is an oracle of another
-    setting; background protocol) and the full split (a ``dataset.ids``/``limit`` subset or
+    setting; background protocol), the split (the dataset config's default, its evaluation
+    split: ``dataset.split=train`` is not comparable) and the full split (a ``dataset.ids``/``limit`` subset or
     skipped images are not the published split)."""
     reasons = []
     for key in ("method", "dataset", "metric"):
@@ -74,6 +81,8 @@ def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run
                     f"published with method.{key}={'|'.join(map(str, allowed))}, this run has method.{key}={run.get(key)}"
                     + (" (image-level ground-truth labels: an oracle of another setting)" if run.get(key) == "gt" else "")
                 )
+    if run.get("published_split") and run.get("split") != run["published_split"]:
+        reasons.append(f"published on the {run['published_split']} split, this run has dataset.split={run.get('split')}")
     if run.get("subset"):
         reasons.append(f"published on the full split, this run is a subset: {run['subset']}")
     return reasons

@@ -35,6 +35,15 @@ class NoSettings:
     pass
 
 
+def user_error(message: str) -> ValueError:
+    """A ValueError caused by the user's inputs (a captions file, a setting that does not fit
+    the model): the CLI prints it alone with exit code 2 (``benchmark.config.is_user_error``
+    reads ``user_error``) instead of a traceback."""
+    err = ValueError(message)
+    err.user_error = True
+    return err
+
+
 def check_choice(value: str, choices: Sequence[str], key: str) -> str:
     """``value`` if it is one of ``choices``, else a ValueError naming ``method.<key>``."""
     if value not in choices:

@@ -42,7 +42,7 @@ import torch
 from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
 
 from .attention_ops import OneEntryMemo, resize_maps, standard_self_resolutions, weights_by_side
-from .base import check_choice
+from .base import check_choice, user_error
 from .caption_nouns import CaptionNoun, class_vocabulary, match_caption_nouns
 from .diffseg import DiffSeg, DiffSegParams
 from .open_vocab import check_token_rule, word_attention
@@ -195,7 +195,7 @@ class DiffSegSemantic(DiffSeg):
         if not isinstance(caption, str) or not caption.strip():
             source = (f"method.candidates_file {self.settings.candidates_file}" if self.settings.candidates == "file"
                       else "the captioner")
-            raise ValueError(
+            raise user_error(
                 f"image {ctx.image_id!r}: method=diffseg_semantic needs a caption and {source} gave "
                 f"{caption!r} (a file entry needs a \"caption\" string)"
             )
@@ -227,12 +227,12 @@ class DiffSegSemantic(DiffSeg):
         wanted = self.settings.unmatched_class
         if wanted is not None:
             if wanted not in names:
-                raise ValueError(f"method.unmatched_class={wanted!r} is not a class of the dataset")
+                raise user_error(f"method.unmatched_class={wanted!r} is not a class of the dataset")
             return [names.index(wanted)]
         if "background" in names:
             return [names.index("background")]
         if required:
-            raise ValueError(
+            raise user_error(
                 f"image {ctx.image_id!r}: the caption {ctx.caption!r} names no class and the dataset has no "
                 "'background' class: set method.unmatched_class=<class name>"
             )

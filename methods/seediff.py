@@ -65,7 +65,7 @@ from benchmark.attention.layers import LAYER_SELECTIONS
 from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
 
 from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions
-from .base import check_choice
+from .base import check_choice, user_error
 from .open_vocab import (
     OpenVocabSettings,
     OpenVocabularyMethod,
@@ -739,9 +739,10 @@ class SeeDiff(OpenVocabularyMethod):
         ``method.sa_resolutions`` must all have been captured. ValueError names the key."""
         missing = [s for s in sides if s not in attn.self_attn]
         if missing and (params.sa_resolutions is not None or len(missing) == len(sides)):
-            raise ValueError(
+            raise user_error(
                 f"method.sa_resolutions: self-attention sides {missing} were not captured "
-                f"(captured: {sorted(attn.self_attn)}); give sides that exist at this image size"
+                f"(captured: {sorted(attn.self_attn)}): the model has no self-attention there at this image size; "
+                "set method.sa_resolutions to captured sides"
             )
         return [s for s in sides if s in attn.self_attn]
 

@@ -159,3 +159,21 @@ def test_predictions_need_a_dir_and_kind_picks_the_auto_metric():
     assert validate(compose_config(["method=predictions", "method.dir=/x"])).metric.name == "miou"
     v = validate(compose_config(["method=predictions", "method.dir=/x", "method.kind=segments"]))
     assert v.metric.name == "hungarian_image"
+
+
+@pytest.mark.parametrize("overrides,key", [
+    # the preset has a grid (its official background sweep): the bad value is not a grid axis
+    (["experiment=diffsegmenter_voc21", "method.ing_offset=two"], "'method.ing_offset'"),
+    (["method=diffcut", "method.alpha=x", "method.grid.tau=[0.3,0.4]"], "'method.alpha'"),
+])
+def test_a_bad_value_outside_the_grid_is_named_as_written(overrides, key):
+    """Found by a new user: method.ing_offset=two was reported as
+    'method.grid(bg_threshold=0.3).ing_offset', a grid the user never wrote."""
+    with pytest.raises(ConfigError) as err:
+        validate(compose_config(overrides))
+    assert key in str(err.value) and "grid(" not in str(err.value), str(err.value)
+
+
+def test_a_bad_grid_value_is_still_named_with_its_grid_point():
+    with pytest.raises(ConfigError, match=r"method\.grid\(tau='x'\)\.tau"):
+        validate(compose_config(["method=diffcut", "method.grid.tau=[0.3,x]"]))

@@ -139,6 +139,24 @@ def test_queries_caption_nouns_and_unmatched_images():
         method.queries(SegmentContext("d", (8, 8), class_names=NAMES, caption=None))
 
 
+def test_caption_and_unmatched_class_errors_are_user_errors():
+    """A captions-file entry without a caption (["dog"]) or a dataset without background are
+    the user's inputs: printed alone with exit code 2, not a traceback (found by a new user)."""
+    from benchmark.config import is_user_error
+
+    method = _method()
+    with pytest.raises(ValueError, match="needs a caption") as err:
+        method.queries(SegmentContext("d", (8, 8), class_names=NAMES, caption=None))
+    assert is_user_error(err.value)
+    no_bg = SegmentContext("c", (8, 8), class_names=NAMES[1:], caption="a blurry photo")
+    with pytest.raises(ValueError, match="unmatched_class") as err:
+        method.segment(AttentionMaps(), no_bg, DiffSegSemanticParams())
+    assert is_user_error(err.value)
+    with pytest.raises(ValueError, match="unmatched_class='sky'") as err:
+        _method(unmatched_class="sky").segment(AttentionMaps(), no_bg, DiffSegSemanticParams())
+    assert is_user_error(err.value)
+
+
 def test_settings_and_params_fail_at_start():
     with pytest.raises(ConfigError, match="needs captions"):
         validate(compose_config(TINY + ["method=diffseg_semantic"]))

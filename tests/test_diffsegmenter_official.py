@@ -397,3 +397,22 @@ def test_run_protocol_of_composed_presets_names_why_numbers_are_withheld():
     # images skipped on error are not the full split either
     reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 5100, 5105))
     assert len(reasons) == 1 and "5100 of 5105 images" in reasons[0]
+
+
+
+def test_published_numbers_are_withheld_beside_another_split():
+    """Found by a new user: dataset.split=train printed the paper's val numbers with a Δ."""
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+    from benchmark.tables import published_numbers, run_protocol, withheld_reasons
+
+    base = ["experiment=diffsegmenter_voc21", "method.candidates=file", "method.candidates_file=x.json",
+            "method.captioner=none", "method.caption_prompt=false"]
+    v = validate(compose_config(base))
+    assert withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 1449, 1449)) == []
+    v = validate(compose_config(base + ["dataset.split=train"]))
+    reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 1464, 1464))
+    assert reasons == ["published on the val split, this run has dataset.split=train"]
+    v = validate(compose_config(["experiment=diffseg_cocostuff27", "dataset.split=train2017"]))
+    reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 9, 9))
+    assert any("val2017 split" in r and "train2017" in r for r in reasons), reasons

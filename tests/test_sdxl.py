@@ -198,6 +198,23 @@ def test_start_up_check_names_what_the_model_lacks(tmp_path):
     assert not lazy.loaded  # checked from the folder's config files only
 
 
+def test_start_up_check_failures_are_user_errors(tmp_path):
+    """What the model lacks is the user's choice of size/model/feature: printed alone with exit
+    code 2 (ConfigError), not a ValueError traceback (found by a new user: image_size=200)."""
+    from benchmark.config import ConfigError, is_user_error
+    from benchmark.models import ModelConfig
+    from benchmark.models.loading import LazyModel
+    from benchmark.models.tiny import save_tiny
+
+    folder = save_tiny(tmp_path / "xl", name="tiny_sdxl")
+    lazy = LazyModel(ModelConfig(name="local_xl", path=str(folder), device="cpu"))
+    for request, size in ((AttentionRequest((2,)), 128), (AttentionRequest((8,)), 200),
+                          (AttentionRequest(features=("mid_block.attn9",)), 256)):
+        with pytest.raises(ConfigError) as err:
+            lazy.check_request(request, size)
+        assert is_user_error(err.value)
+
+
 def test_sd2_768_layout_and_v_prediction_generation(tmp_path):
     """SD 2.x at 768 px: attention at 96/48/24/12 for its 96x96 latent; a v-prediction
     scheduler config is read from the folder and drives generation."""

@@ -207,6 +207,21 @@ def test_a_side_missing_at_the_input_size_names_the_key():
         m.attention_request(SeeDiffParams(sa_resolutions=[16, 32]))
 
 
+def test_sides_the_model_did_not_capture_are_a_user_error():
+    """SDXL-family models have no attention at latent/1 (their first stage): SeeDiff's default
+    sides keep the captured ones; sides named in method.sa_resolutions that were not captured
+    are a user error naming the key and the captured sides (message alone, exit code 2)."""
+    from benchmark.config import is_user_error
+
+    m = SeeDiff(extract=ExtractionConfig(image_size=256))
+    attn = AttentionMaps(self_attn={16: torch.full((1, 256, 256), 1 / 256), 8: torch.full((1, 64, 64), 1 / 64)})
+    assert m.captured_sides(attn, SeeDiffParams(), m.expansion_sides(SeeDiffParams())) == [8, 16]
+    explicit = SeeDiffParams(sa_resolutions=[8, 16, 32])
+    with pytest.raises(ValueError, match=r"sa_resolutions.*\[32\].*captured: \[8, 16\]") as err:
+        m.captured_sides(attn, explicit, m.expansion_sides(explicit))
+    assert is_user_error(err.value)
+
+
 @pytest.mark.slow
 def test_seediff_presets_run_from_the_cli_at_192_px(tmp_path):
     from benchmark.compose import run_with_overrides

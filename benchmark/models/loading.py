@@ -265,7 +265,18 @@ class LazyModel:
         """Fail at start when this model cannot serve ``request`` at ``image_size`` px: the side
         is not a multiple of the model's size multiple, no attention grid of a requested kind,
         or a requested feature module that its UNet lacks (built on the meta device from the
-        config: no weights read). The message names what the model has."""
+        config: no weights read). The message names what the model has; it is a user error
+        (``ConfigError``: printed alone, exit code 2), not a traceback."""
+        from benchmark.config import ConfigError
+
+        try:
+            self._check_request(request, image_size)
+        except ConfigError:
+            raise
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+
+    def _check_request(self, request, image_size: int) -> None:
         from benchmark.models.diffusion import fit_request
 
         unet_config, vae_config = self._configs()
