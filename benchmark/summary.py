@@ -3,7 +3,9 @@
 ``benchmark.report A B C`` (or a sweep folder) writes
 
 * ``summary.md/.csv/.tex``: one row per (method, distinguishing settings), one column per
-  dataset, the headline metric (mIoU; hIoU for zero-shot splits) in each cell. The row
+  dataset, the headline metric (mIoU; hIoU for zero-shot splits) in each cell; a run of
+  DiffSegmenter's official background protocol (``bg_protocol=official_sweep``) contributes
+  its reported (best) point only, as its table does. The row
   label shows only the settings that tell rows of a method apart on the same dataset (a
   key that varies only with the dataset, such as a per-dataset KL threshold, is a property
   of the cell and is not shown);
@@ -18,7 +20,7 @@ from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import pandas as pd
 
-from benchmark.tables import scalar_metrics, to_latex, to_markdown
+from benchmark.tables import scalar_metrics, selected_point, to_latex, to_markdown
 
 #: config sections that never distinguish results (paths, logging, resume, published numbers)
 IGNORED_PREFIXES = ("hydra.", "run.", "logger.", "cache.", "reference.", "dataset.", "method.grid.", "method.name")
@@ -75,7 +77,11 @@ def summary_frames(payloads: Sequence[Mapping[str, Any]], run_dirs: Sequence[Pat
 
     rows: List[Dict[str, Any]] = []
     for payload, run_dir in zip(payloads, run_dirs):
-        for entry, settings in zip(payload["results"], point_settings(payload)):
+        points = list(zip(payload["results"], point_settings(payload)))
+        chosen = selected_point(payload)
+        if chosen is not None:  # an official_sweep run reports its best point only (its protocol)
+            points = [points[chosen]]
+        for entry, settings in points:
             rows.append({
                 "run": str(run_dir), "method": payload["method"], "dataset": payload["dataset"],
                 "headline": headline_metric(payload), "settings": settings,

@@ -139,6 +139,23 @@ def test_summary_is_method_by_dataset_with_only_distinguishing_settings(tmp_path
     assert "Headline metric per dataset: mIoU" in md and "| diffseg | timestep=100 | 40.00 | 20.00 |" in md
 
 
+def test_summary_takes_the_reported_point_of_an_official_sweep(tmp_path):
+    """DiffSegmenter's official background protocol sweeps bg_threshold and reports its best
+    point: the summary has one row for that run, not one per threshold."""
+    from benchmark.summary import summary_frames
+
+    config = {"method": {"name": "diffsegmenter", "bg_protocol": "official_sweep"}, "dataset": {"name": "voc21"}}
+    thresholds = [0.30, 0.31, 0.32]
+    payload = _payload("diffsegmenter", "voc21", [{"bg_threshold": t} for t in thresholds], [50.0, 55.0, 52.0],
+                       config, grid_keys=["bg_threshold"])
+    payload["protocol"] = {"bg_protocol": "official_sweep", "bg_sweep_tie": "first"}
+    wide, long = summary_frames([payload], [tmp_path / "r0"])
+    assert len(wide) == 1 and wide.iloc[0]["voc21"] == 55.0 and len(long) == 1
+    payload["protocol"] = {"bg_protocol": "fixed"}  # a user's own grid: every point is a row
+    wide, _ = summary_frames([payload], [tmp_path / "r0"])
+    assert sorted(wide["voc21"]) == [50.0, 52.0, 55.0]
+
+
 def test_categorical_grid_axes_are_drawn_as_bars(tmp_path):
     from benchmark.report import plot_metric_vs_params
 
