@@ -147,9 +147,28 @@ def tiny_unet_config() -> dict:
     )
 
 
+def _tiny_vae(sample_size: int, scaling_factor: float = 0.18215):
+    """The tiny VAE (SD's 8x factor and 4 latent channels at width 32); ``scaling_factor``
+    0.18215 is SD 1.x/2.x's, 0.13025 SDXL's."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=32,
+        sample_size=sample_size,
+        scaling_factor=scaling_factor,
+    )
+
+
 def build_tiny_components(seed: int = 0) -> dict:
     """unet, vae, text_encoder, tokenizer, scheduler of the tiny SD (random, seeded weights)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tiny_tokenizer()
@@ -157,17 +176,7 @@ def build_tiny_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     try:
         unet = UNet2DConditionModel(**tiny_unet_config())
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=512,
-        )
+        vae = _tiny_vae(sample_size=512)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
                 vocab_size=len(tokenizer),
@@ -256,7 +265,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
     Real diffusers/transformers classes with SDXL's block layout and conditioning
     (``tiny_sdxl_unet_config``); the VAE has SDXL's 8x factor and scaling 0.13025.
     """
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tiny_tokenizer()
@@ -265,18 +274,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
     torch.manual_seed(seed)
     try:
         unet = UNet2DConditionModel(**tiny_sdxl_unet_config())
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(32, 32, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=32,
-            sample_size=1024,
-            scaling_factor=0.13025,  # SDXL VAE's scaling factor
-        )
+        vae = _tiny_vae(sample_size=1024, scaling_factor=0.13025)  # SDXL VAE's scaling factor
         text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
         text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TINY_TEXT_WIDTH))
     finally:
