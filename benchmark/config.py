@@ -467,8 +467,10 @@ def _validate_reference(node: Any) -> Optional[Dict[str, Any]]:
     if reference:
         from benchmark.tables import published_numbers
 
-        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric"}:
-            raise ConfigError(f"'reference' must be {{method: ..., dataset: ..., metric: (optional)}}, got {reference!r}")
+        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric", "model"}:
+            raise ConfigError(
+                f"'reference' must be {{method: ..., dataset: ..., metric: (optional), model: (optional)}}, got {reference!r}"
+            )
         try:
             published_numbers(reference)  # a missing entry fails now, not after the last image
         except KeyError as err:

@@ -41,7 +41,8 @@ def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dic
     """The properties of a run that decide whether published numbers are comparable:
     method, dataset, metric, the method's own protocol (candidate mode, background
     protocol: ``method_cls.protocol(settings)``) and whether the full split was evaluated."""
-    out: Dict[str, Any] = {"method": v.method.name, "dataset": v.dataset.name, "metric": v.metric.name}
+    out: Dict[str, Any] = {"method": v.method.name, "dataset": v.dataset.name, "metric": v.metric.name,
+                           "model": getattr(v.model, "name", None)}
     protocol = getattr(method_cls, "protocol", None)
     if protocol is not None:
         out.update(protocol(v.method.settings))
@@ -62,14 +63,14 @@ def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dic
 
 
 def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run: Mapping[str, Any]) -> List[str]:
-    """Why the published ``entry`` (of ``reference = {method, dataset, metric}``) is not
+    """Why the published ``entry`` (of ``reference = {method, dataset, metric, model}``) is not
     comparable with a run (``run_protocol``); empty = comparable. Compared: method, dataset,
-    metric, the entry's ``protocol`` keys (candidate mode: ``gt`` is an oracle of another
+    metric, model (the checkpoint the experiment names), the entry's ``protocol`` keys (candidate mode: ``gt`` is an oracle of another
     setting; background protocol), the split (the dataset config's default, its evaluation
     split: ``dataset.split=train`` is not comparable) and the full split (a ``dataset.ids``/``limit`` subset or
     skipped images are not the published split)."""
     reasons = []
-    for key in ("method", "dataset", "metric"):
+    for key in ("method", "dataset", "metric", "model"):
         if reference.get(key) is not None and run.get(key) is not None and reference[key] != run[key]:
             reasons.append(f"published for {key}={reference[key]}, this run has {key}={run[key]}")
     wanted = entry.get("protocol") or {}

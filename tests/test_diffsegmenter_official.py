@@ -216,9 +216,9 @@ def test_best_point_follows_the_official_tie_rules():
     assert best_index(results, "mIoU", "last") == 3  # evaluation_coco.py: mIoU >= max_mIoU
 
 
-RUN = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou", "candidates": "file",
+RUN = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou", "model": "sd15", "candidates": "file",
        "bg_protocol": "official_sweep", "subset": None}
-REF = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou"}
+REF = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou", "model": "sd15"}
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -230,6 +230,7 @@ REF = {"method": "diffsegmenter", "dataset": "voc21", "metric": "miou"}
     ({"subset": "dataset.limit=4"}, "subset: dataset.limit=4"),
     ({"dataset": "context60"}, "dataset=context60"),
     ({"metric": "hungarian_dataset"}, "metric=hungarian_dataset"),
+    ({"model": "sd14"}, "published for model=sd15, this run has model=sd14"),
 ])
 def test_published_numbers_need_the_reference_protocol(change, reason):
     from benchmark.tables import published_numbers, withheld_reasons
@@ -254,7 +255,8 @@ def test_voc21_preset_runs_end_to_end_with_the_official_candidates_file(tmp_path
     out = run_with_overrides(
         ["experiment=diffsegmenter_voc21", "model=tiny", f"dataset.root={tmp_path / 'voc'}", "dataset.num_workers=0",
          "method.candidates=file", f"method.candidates_file={path}", "method.captioner=none",
-         "method.extract.image_size=128", "run.progress=false"],
+         "method.extract.image_size=128", "run.progress=false",
+         "reference.model=tiny"],  # the comparison path itself (a model other than sd15 withholds them)
         tmp_path / "run",
     )
     p = out.payload
