@@ -45,7 +45,7 @@ from .attention_ops import OneEntryMemo, resize_maps, standard_self_resolutions,
 from .base import check_choice, user_error
 from .caption_nouns import CaptionNoun, class_vocabulary, match_caption_nouns
 from .diffseg import DiffSeg, DiffSegParams
-from .open_vocab import check_token_rule, word_attention
+from .open_vocab import CandidateFilterSettings, check_token_rule, word_attention
 
 VOTING_RULES = ("mean", "majority")
 MATCH_CLASSES = ("all", "candidates")
@@ -73,8 +73,10 @@ class DiffSegSemanticParams(DiffSegParams):
 
 
 @dataclass
-class DiffSegSemanticSettings:
-    """Where captions come from and which names the nouns are matched to."""
+class DiffSegSemanticSettings(CandidateFilterSettings):
+    """Where captions come from and which names the nouns are matched to (the captioner:
+    ``captioner=blip`` with ``candidates=clip``; ``none`` with ``candidates=file``, whose
+    file holds the captions)."""
 
     #: caption source: file (captions in method.candidates_file: {id: {"caption": ...}})
     #: | clip (the CLIP filter with method.captioner=blip; needs local weights)
@@ -89,18 +91,6 @@ class DiffSegSemanticSettings:
     #: class of every pixel when the caption names no class (null: the dataset's class
     #: named "background"; a dataset without one then needs this set)
     unmatched_class: Optional[str] = None
-    #: the CLIP filter's captioner: blip with candidates=clip (the captions), none with
-    #: candidates=file (the file holds the captions)
-    captioner: str = "none"
-    captioner_model: str = "Salesforce/blip-image-captioning-large"
-    caption_max_tokens: int = 30
-    clip_model: str = "openai/clip-vit-large-patch14"
-    clip_text_threshold: float = 0.8
-    clip_image_threshold: float = 0.97
-    clip_image_template: str = "a photo of a {name}."
-    clip_text_match: str = "phrases"
-    filter_device: str = "auto"
-    filter_download: bool = False
 
     def __post_init__(self) -> None:
         check_choice(self.candidates, ("file", "clip"), "candidates")

@@ -107,8 +107,45 @@ class OpenVocabParams:
 
 
 @dataclass
-class OpenVocabSettings:
-    """Options that change the prompts (and so the diffusion pass): config keys, not grid axes."""
+class CandidateFilterSettings:
+    """The CLIP (+ BLIP) candidate filter and captioner (``benchmark.clip_filter``), loaded
+    at start when a method's settings ask for it; shared by every open-vocabulary method."""
+
+    #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
+    #: local Hugging Face cache
+    clip_model: str = "openai/clip-vit-large-patch14"
+    #: keep a class when a caption phrase's CLIP text embedding has cosine >= this with
+    #: one of the class's names (official recipe: 0.8)
+    clip_text_threshold: float = 0.8
+    #: keep a class when its CLIP zero-shot probability (softmax over the dataset's
+    #: classes) is >= this (official recipe: 0.97)
+    clip_image_threshold: float = 0.97
+    #: prompt of the CLIP zero-shot classifier
+    clip_image_template: str = "a photo of a {name}."
+    #: caption units compared with class names: phrases (words and word pairs of the
+    #: caption) | caption (the whole caption)
+    clip_text_match: str = "phrases"
+    #: none | blip: BLIP captions for the CLIP text filter and for the method's prompts
+    #: (DiffSegmenter: per-class prompt captions with caption_prompt; with candidates=file
+    #: BLIP captions the file's candidates, as the official code does with its filter
+    #: files, and replaces captions in the file. diffseg_semantic: blip with candidates=clip
+    #: only, where the captions name the nouns)
+    captioner: str = "none"
+    #: BLIP captioning model: local folder or hub id in the local HF cache
+    captioner_model: str = "Salesforce/blip-image-captioning-large"
+    #: new tokens BLIP may generate; null = the checkpoint's generation defaults (the
+    #: official ``model.generate(**inputs)``, ptp_stable_*.py)
+    caption_max_tokens: Optional[int] = 30
+    #: device of the filter models: auto | cpu | cuda | cuda:N
+    filter_device: str = "auto"
+    #: allow downloading filter models absent from the HF cache (never with HF_HUB_OFFLINE=1)
+    filter_download: bool = False
+
+
+@dataclass
+class OpenVocabSettings(CandidateFilterSettings):
+    """Options that change the prompts (and so the diffusion pass): config keys, not grid axes
+    (with the candidate filter's keys, :class:`CandidateFilterSettings`)."""
 
     #: candidate classes per image: all | gt (image-level GT labels: weakly supervised, an
     #: oracle) | file (method.candidates_file JSON) | clip (CLIP filter, see below)
@@ -143,34 +180,6 @@ class OpenVocabSettings:
     #: code: the caption's words after the prompt's word count, so "a photography of dogs
     #: running" gives "a photography of dog running")
     caption_splice: str = "text"
-    # -- candidates=clip: the CLIP (+ BLIP) filter, loaded at start -------------------
-    #: CLIP model: local folder (save_pretrained layout with its processor) or hub id in the
-    #: local Hugging Face cache
-    clip_model: str = "openai/clip-vit-large-patch14"
-    #: keep a class when a caption phrase's CLIP text embedding has cosine >= this with
-    #: one of the class's names (official recipe: 0.8)
-    clip_text_threshold: float = 0.8
-    #: keep a class when its CLIP zero-shot probability (softmax over the dataset's
-    #: classes) is >= this (official recipe: 0.97)
-    clip_image_threshold: float = 0.97
-    #: prompt of the CLIP zero-shot classifier
-    clip_image_template: str = "a photo of a {name}."
-    #: caption units compared with class names: phrases (words and word pairs of the
-    #: caption) | caption (the whole caption)
-    clip_text_match: str = "phrases"
-    #: none | blip (captions for the text filter and, with caption_prompt, per-class
-    #: prompt captions; with candidates=file BLIP captions the file's candidates, as the
-    #: official code does with its filter files, and replaces captions in the file)
-    captioner: str = "none"
-    #: BLIP captioning model: local folder or hub id in the local HF cache
-    captioner_model: str = "Salesforce/blip-image-captioning-large"
-    #: new tokens BLIP may generate; null = the checkpoint's generation defaults (the
-    #: official ``model.generate(**inputs)``, ptp_stable_*.py)
-    caption_max_tokens: Optional[int] = 30
-    #: device of the filter models: auto | cpu | cuda | cuda:N
-    filter_device: str = "auto"
-    #: allow downloading filter models absent from the HF cache (never with HF_HUB_OFFLINE=1)
-    filter_download: bool = False
 
     def __post_init__(self) -> None:
         # every conflicting setting is reported together (benchmark.schema.Checks)
