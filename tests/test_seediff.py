@@ -124,21 +124,11 @@ def cosine_rows(sa: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
 
 
 def otsu_reference(m: torch.Tensor) -> torch.Tensor:
-    """Otsu as in cv2 (loop over split levels) on uint16(m² · 255): foreground mask. The
-    levels as src/seediff_app.py computes them: (m * m) * 255 in float32, astype(uint16)."""
-    x = m.float().numpy().reshape(-1).astype(np.float32)
-    levels = ((x * x) * np.float32(255)).astype(np.uint16).astype(np.int64)
-    n = levels.size
-    best, split = 0.0, 0
-    for t in range(int(levels.max()) + 1):
-        low, high = levels[levels <= t], levels[levels > t]
-        q1, q2 = low.size / n, high.size / n
-        if min(q1, q2) < 1.1920929e-07:
-            continue
-        sigma = q1 * q2 * (low.mean() - high.mean()) ** 2
-        if sigma > best:
-            best, split = sigma, t
-    return torch.from_numpy(levels > split).reshape(m.shape)
+    """Otsu as in cv2 on uint16(m² · 255) with the levels in float32 (src/seediff_app.py):
+    foreground mask of ``m``'s shape (``test_seediff_official.otsu_official``)."""
+    from test_seediff_official import otsu_official
+
+    return torch.from_numpy(otsu_official(m.float().numpy())).reshape(m.shape)
 
 
 def paper_reference(ca: torch.Tensor, sa: Dict[int, torch.Tensor], sides: Sequence[int], alpha: float, stage: str) -> torch.Tensor:

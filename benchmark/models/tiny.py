@@ -166,9 +166,25 @@ def _tiny_vae(sample_size: int, scaling_factor: float = 0.18215):
     )
 
 
+def _tiny_scheduler():
+    """DDIM with SD's (and SDXL's) training schedule: scaled_linear 0.00085 -> 0.012, 1000
+    steps, steps_offset 1."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
 def build_tiny_components(seed: int = 0) -> dict:
     """unet, vae, text_encoder, tokenizer, scheduler of the tiny SD (random, seeded weights)."""
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = build_tiny_tokenizer()
@@ -192,15 +208,7 @@ def build_tiny_components(seed: int = 0) -> dict:
         )
     finally:  # building the tiny model must not disturb the caller's random stream
         torch.random.set_rng_state(generator_state)
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = _tiny_scheduler()
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
@@ -265,7 +273,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
     Real diffusers/transformers classes with SDXL's block layout and conditioning
     (``tiny_sdxl_unet_config``); the VAE has SDXL's 8x factor and scaling 0.13025.
     """
-    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = build_tiny_tokenizer()
@@ -279,16 +287,7 @@ def build_tiny_sdxl_components(seed: int = 0) -> dict:
         text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(tokenizer_2, projection_dim=TINY_TEXT_WIDTH))
     finally:
         torch.random.set_rng_state(generator_state)
-    # SDXL's scheduler config: scaled_linear 0.00085 -> 0.012, 1000 steps, steps_offset 1
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    scheduler = _tiny_scheduler()
     for module in (unet, vae, text_encoder, text_encoder_2):
         module.eval().requires_grad_(False)
     return dict(
