@@ -12,16 +12,16 @@ by its contribution count is the head-, layer- (and step-/prompt-) mean.
 
 Two loop orders compute the same numbers (up to float32 rounding of the sum order):
 
-* ``per_head`` (default on the CPU, ``default_loop_order``): one batch row,
+* ``per_head`` (default on a single-threaded CPU, ``default_loop_order``): one batch row,
   one head and ``chunk_size`` query rows at a time, so
   the scores of a chunk (chunk_size × keys × 4 bytes: 2 MiB at 128 × 4096) stay in the
   core's cache through ``Q Kᵀ``, softmax, ``P V`` and the add into the buffer (no separate
   head-sum tensor, no ``index_add``). Measured on a 2-core Xeon (README "Performance"): the earlier
   all-heads chunk spent ~0.19 s in ``Q Kᵀ``, 0.13 s in softmax, 0.20 s in ``P V`` and
   0.06 s in the head-sum per 64×64 layer against 0.27 s for the fused SDPA kernel.
-* ``batched`` (default on a GPU): all captured batch rows and heads of ``chunk_size`` query
-  rows per step (few, large kernels: launch overhead dominates small ones on a GPU; on a
-  CPU whose cores are busy with other jobs, thread barriers make it the faster order).
+* ``batched`` (default on a GPU and on a CPU with several threads): all captured batch
+  rows and heads of ``chunk_size`` query rows per step (few, large kernels: launch overhead
+  dominates small ones on a GPU, thread barriers on a busy multi-core CPU).
 
 Batch rows that are not captured (group -1, e.g. the unconditional half of classifier-free
 guidance) go through PyTorch's fused ``scaled_dot_product_attention`` like the plain pass.
@@ -69,16 +69,15 @@ def default_cross_groups(groups: torch.Tensor) -> torch.Tensor:
 
 
 def default_loop_order(device: torch.device) -> str:
-    """``per_head`` on the CPU, ``batched`` on accelerators (module doc).
+    """``per_head`` on a single-threaded CPU, ``batched`` elsewhere (module doc).
 
-    Measured with ``python -m benchmark.perf capture`` (full-size SD 2-base UNet, 64×64
-    latent, fp32, 2-core Xeon): on a quiet machine at 2 threads the per-head loop costs
-    1.124× a plain pass against 1.273× for the all-heads loop (same run, interleaved). On
-    a machine busy with other jobs the per-head loop's many small parallel regions wait at
-    their barriers and the order reverses (``AttentionCapture(loop_order="batched")`` forces
-    the all-heads loop).
+    Measured (``python -m benchmark.perf kernel``, one 64×64 SD 2-base layer, 2-core Xeon
+    shared with other jobs): at 1 thread per_head used 0.54 s of CPU against 0.59 s for
+    batched; at 2 threads the per-head loop's 5× more, smaller parallel regions cost
+    twice the time of batched (threads wait at each region's barrier when the machine is
+    busy), so several threads keep the all-heads loop.
     """
-    return "per_head" if device.type == "cpu" else "batched"
+    return "per_head" if device.type == "cpu" and torch.get_num_threads() == 1 else "batched"
 
 
 class _Accumulator:
