@@ -20,6 +20,7 @@ from PIL import Image
 from benchmark.__main__ import UsageError, check_group_choices, group_options, prepare_argv
 from benchmark.compose import compose_config, run_with_overrides
 from benchmark.config import ConfigError, is_user_error, validate
+from test_runner import _write_folder_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 CURATED = REPO / "datasets" / "cocostuff27_val2017_curated.txt"
@@ -331,18 +332,8 @@ def test_report_names_unreadable_run_dirs_and_keeps_the_rest(tmp_path, capsys):
 # --------------------------------------------------------------------------------------
 # item 12: nothing written to the run directory before every check passed
 # --------------------------------------------------------------------------------------
-def _folder_dataset(root: Path) -> None:
-    (root / "images").mkdir(parents=True)
-    (root / "labels").mkdir()
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(root / "images" / "img0.png")
-    label = np.zeros((4, 4), np.uint8)
-    label[:, 2:] = 1
-    Image.fromarray(label, mode="L").save(root / "labels" / "img0.png")
-    (root / "classes.txt").write_text("left\nright\n")
-
-
 def test_a_failed_start_leaves_the_run_directory_usable(tmp_path):
-    _folder_dataset(tmp_path / "data")
+    _write_folder_dataset(tmp_path / "data")
     for name, shape in (("bad", (5, 4)), ("good", (4, 4))):
         (tmp_path / name).mkdir()
         Image.fromarray(np.zeros(shape, np.uint8), mode="L").save(tmp_path / name / "img0.png")

@@ -185,7 +185,7 @@ def _tiny_scheduler():
 def build_tiny_components(seed: int = 0) -> dict:
     """unet, vae, text_encoder, tokenizer, scheduler of the tiny SD (random, seeded weights)."""
     from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = build_tiny_tokenizer()
     generator_state = torch.random.get_rng_state()
@@ -193,19 +193,7 @@ def build_tiny_components(seed: int = 0) -> dict:
     try:
         unet = UNet2DConditionModel(**tiny_unet_config())
         vae = _tiny_vae(sample_size=512)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=MAX_LENGTH,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = CLIPTextModel(_tiny_text_config(tokenizer))
     finally:  # building the tiny model must not disturb the caller's random stream
         torch.random.set_rng_state(generator_state)
     scheduler = _tiny_scheduler()
