@@ -390,35 +390,58 @@ def kernel_profile(args: argparse.Namespace) -> dict:
     proc = CapturingAttnProcessor(None, acc, "profile", args.chunk_size)
     qs, kt = q * scale, k.transpose(-1, -2)
 
-    def capture(order):
+    def capture(order, workers=None):
         out = torch.empty_like(q)
+        proc.chunk_workers = workers
         getattr(proc, "_per_head" if order == "per_head" else "_batched")(qs, kt, v, None, buffer, out)
 
+    def timed_steps(parts, *steps):
+        """Run ``steps`` (zero-argument callables) in order, adding each one's seconds to
+        its entry of ``parts`` (same order)."""
+        t = time.perf_counter()
+        for key, step in zip(parts, steps):
+            if step is not None:
+                step()
+                now = time.perf_counter()
+                parts[key] += now - t
+                t = now
+
     def steps(order):
+        """Each capture step timed on its own, in the order and with the buffers of
+        ``CapturingAttnProcessor._per_head`` / ``._batched``."""
         parts = dict.fromkeys(("QK^T", "softmax", "P.V", "head-sum+add"), 0.0)
         out = torch.empty_like(q)
+        rows = args.chunk_size
         if order == "per_head":
-            units = [(qs[0, h], kt[0, h], v[0, h], out[0, h]) for h in range(heads)]
-            rows = args.chunk_size
-        else:
-            units, rows = [(qs, kt, v, out)], args.chunk_size
-        for qu, ku, vu, ou in units:
+            scores, probs, head_sum = (torch.empty(rows, n) for _ in range(3))
             for start in range(0, n, rows):
                 stop = min(n, start + rows)
-                t0 = time.perf_counter()
-                scores = torch.matmul(qu[..., start:stop, :], ku)
-                t1 = time.perf_counter()
-                probs = torch.softmax(scores, dim=-1)
-                t2 = time.perf_counter()
-                ou[..., start:stop, :] = torch.matmul(probs, vu)
-                t3 = time.perf_counter()
-                if order == "per_head":
-                    buffer[0, start:stop].add_(probs, alpha=1.0 / heads)
-                else:
-                    buffer[:, start:stop].index_add_(0, torch.zeros(1, dtype=torch.long), probs.sum(1), alpha=1.0 / heads)
-                t4 = time.perf_counter()
-                for key, a, b in zip(parts, (t0, t1, t2, t3), (t1, t2, t3, t4)):
-                    parts[key] += b - a
+                chunk = stop - start
+                for h in range(heads):
+                    target = head_sum[:chunk] if h == 0 else probs[:chunk]
+                    timed_steps(
+                        parts,
+                        lambda: torch.mm(qs[0, h, start:stop], kt[0, h], out=scores[:chunk]),
+                        lambda: torch.ops.aten._softmax.out(scores[:chunk], -1, False, out=target),
+                        lambda: torch.mm(target, v[0, h], out=out[0, h, start:stop]),
+                        (lambda: head_sum[:chunk].add_(target)) if h else None,
+                    )
+                t = time.perf_counter()
+                buffer[0, start:stop].add_(head_sum[:chunk], alpha=1.0 / heads)
+                parts["head-sum+add"] += time.perf_counter() - t
+            return parts
+        for start in range(0, n, rows):
+            stop = min(n, start + rows)
+            results = {}
+            timed_steps(
+                parts,
+                lambda: results.__setitem__("scores", torch.matmul(qs[..., start:stop, :], kt)),
+                lambda: results.__setitem__("probs", torch.softmax(results["scores"], dim=-1)),
+                lambda: out[..., start:stop, :].copy_(torch.matmul(results["probs"], v)),
+                lambda: buffer[:, start:stop].index_add_(
+                    0, torch.zeros(1, dtype=torch.long), results["probs"].sum(1), alpha=1.0 / heads
+                ),
+            )
         return parts
 
     variants = {
@@ -426,6 +449,9 @@ def kernel_profile(args: argparse.Namespace) -> dict:
         "capture per_head": lambda: capture("per_head"),
         "capture batched": lambda: capture("batched"),
     }
+    if torch.get_num_threads() > 1:
+        # the per-head loop on the calling thread only, each operation using torch's threads
+        variants["per_head 1 worker"] = lambda: capture("per_head", workers=1)
     best = {name: float("inf") for name in variants}
     best_cpu = dict(best)
     parts = {order: None for order in ("per_head", "batched")}
@@ -443,7 +469,7 @@ def kernel_profile(args: argparse.Namespace) -> dict:
     print(f"one self-attention layer: {n} queries x {n} keys, {heads} heads x {dim} channels, fp32, "
           f"chunk {args.chunk_size} rows, {torch.get_num_threads()} threads, min of {args.repeats} interleaved rounds")
     for name, seconds in best.items():
-        print(f"{name:<18}{seconds:8.3f} s  x{seconds / best['sdpa (plain)']:.2f}   "
+        print(f"{name:<19}{seconds:8.3f} s  x{seconds / best['sdpa (plain)']:.2f}   "
               f"cpu {best_cpu[name]:.3f} s  x{best_cpu[name] / best_cpu['sdpa (plain)']:.2f}")
     for order, got in parts.items():
         print(f"steps {order:<12}" + "  ".join(f"{k_} {v_:.3f}" for k_, v_ in got.items()) + f"  (sum {sum(got.values()):.3f})")

@@ -483,3 +483,51 @@ def test_cpu_per_head_loop_equals_batched_loop_and_skipped_rows_use_sdpa(tiny_mo
         assert self_a[side].dtype == torch.float32 and self_a[side].shape == (1, side**2, side**2)
         torch.testing.assert_close(self_a[side], self_b[side], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(cross_a[side], cross_b[side], atol=1e-6, rtol=1e-5)
+
+
+def test_per_head_loop_gives_the_same_floats_on_any_number_of_worker_threads(tiny_model):
+    """Issue 17: the CPU loop splits the query chunks over worker threads (single-threaded
+    torch operations each). A chunk is computed the same way whichever thread takes it, so
+    2 and 3 workers give identical floats; one worker (torch's own threads per operation)
+    equals them up to the matrix-product kernels' rounding; the output equals the plain pass
+    and torch's thread count is restored afterwards, under inference mode as under no_grad."""
+    unet = tiny_model.unet
+    latents, t, emb = unet_inputs(tiny_model, batch=4, seed=5)
+    plain = plain_output(unet, latents, t, emb)
+    request = AttentionRequest(ALL_16, ALL_16)
+    threads = torch.get_num_threads()
+    results = {}
+    for workers, mode in ((1, torch.inference_mode), (2, torch.inference_mode), (3, torch.no_grad)):
+        with AttentionCapture(unet, request, [-1, 0, -1, 0], chunk_size=23, loop_order="per_head", workers=workers) as capture:
+            with mode():
+                out = unet(latents, t, encoder_hidden_states=emb).sample
+        assert torch.get_num_threads() == threads
+        results[workers] = (out, capture.self_attention(), capture.cross_attention())
+    for side in ALL_16:
+        assert torch.equal(results[2][1][side], results[3][1][side]) and torch.equal(results[2][2][side], results[3][2][side])
+        torch.testing.assert_close(results[1][1][side], results[2][1][side], atol=1e-6, rtol=1e-5)
+    assert torch.equal(results[2][0], results[3][0])
+    torch.testing.assert_close(results[2][0], plain, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="workers"):
+        AttentionCapture(unet, request, [0], workers=0)
+
+
+def test_worker_error_is_raised_after_every_worker_stopped_and_threads_are_restored():
+    from benchmark.attention.capture import _run_on_cpu_workers
+    import threading
+    import time
+
+    threads = torch.get_num_threads()
+    finished, names = [], []
+
+    def work():
+        names.append(threading.current_thread().name)
+        if threading.current_thread() is threading.main_thread():
+            raise RuntimeError("chunk failed")
+        time.sleep(0.2)  # still writing when the caller's chunk fails: it must be waited for
+        finished.append(torch.get_num_threads())
+
+    with pytest.raises(RuntimeError, match="chunk failed"):
+        _run_on_cpu_workers(work, 3)
+    assert finished == [1, 1]  # both workers ran to the end, one thread each
+    assert len(names) == 3 and torch.get_num_threads() == threads

@@ -6,22 +6,25 @@ attention layers (and only those: every other layer keeps its fused SDPA process
 
 A capturing layer computes, per query chunk, ``P = softmax(Q Kᵀ · scale)`` in float32
 (q scaled once before the product; PyTorch's fused softmax), reuses ``P`` for the output
-``P V`` (no second ``Q Kᵀ``) and adds ``P / heads`` into ONE float32 buffer per
-resolution and group. Nothing per head, per layer or per step is kept: after the pass the buffer divided
-by its contribution count is the head-, layer- (and step-/prompt-) mean.
+``P V`` (no second ``Q Kᵀ``), sums ``P`` over the heads (in head order) and adds that sum
+times ``1 / heads`` into ONE float32 buffer per resolution and group. Nothing per head,
+per layer or per step is kept: after the pass the buffer divided by its contribution
+count is the head-, layer- (and step-/prompt-) mean.
 
-Two loop orders compute the same numbers (up to float32 rounding of the sum order):
+Two loop orders compute the same sums in the same order (the matrix-product kernels may
+round differently for different chunk shapes: equal to ~1e-7):
 
-* ``per_head`` (default on a single-threaded CPU, ``default_loop_order``): one batch row,
-  one head and ``chunk_size`` query rows at a time, so
-  the scores of a chunk (chunk_size × keys × 4 bytes: 2 MiB at 128 × 4096) stay in the
-  core's cache through ``Q Kᵀ``, softmax, ``P V`` and the add into the buffer (no separate
-  head-sum tensor, no ``index_add``). Measured on a 2-core Xeon (README "Performance"): the earlier
-  all-heads chunk spent ~0.19 s in ``Q Kᵀ``, 0.13 s in softmax, 0.20 s in ``P V`` and
-  0.06 s in the head-sum per 64×64 layer against 0.27 s for the fused SDPA kernel.
-* ``batched`` (default on a GPU and on a CPU with several threads): all captured batch
-  rows and heads of ``chunk_size`` query rows per step (few, large kernels: launch overhead
-  dominates small ones on a GPU, thread barriers on a busy multi-core CPU).
+* ``per_head`` (default on the CPU, ``default_loop_order``): one batch row and
+  ``chunk_size`` query rows at a time, the heads one after the other, so the scores,
+  probabilities and head sum of a chunk (chunk_size × keys × 4 bytes each: 2 MiB at
+  128 × 4096) stay in the core's cache through ``Q Kᵀ``, softmax, ``P V`` and the head
+  sum, and the resolution buffer is read and written once per chunk. The three scratch
+  tensors are allocated once per layer call and written with ``out=``.
+  Measured on a quiet 2-core Xeon (README "Performance", ``python -m benchmark.perf
+  kernel``): per 64×64 SD 2-base layer, ``Q Kᵀ`` and ``P V`` together cost about one fused
+  SDPA call; softmax and the head sum are the capture's own cost.
+* ``batched`` (default on a GPU): all captured batch rows and heads of ``chunk_size``
+  query rows per step (few, large kernels: launch overhead dominates small ones on a GPU).
 
 Batch rows that are not captured (group -1, e.g. the unconditional half of classifier-free
 guidance) go through PyTorch's fused ``scaled_dot_product_attention`` like the plain pass.
@@ -38,6 +41,9 @@ the same request works for any latent size; the UNet part comes from the layer n
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
@@ -47,8 +53,9 @@ from benchmark.attention.layers import AttentionLayer, check_selection, list_lay
 from benchmark.types import AttentionRequest
 
 #: bump when captured values change for the same inputs (part of every cache key);
-#: "2": per-head accumulation (P/heads added head by head: float32 rounding differs from "1")
-CAPTURE_VERSION = "2"
+#: "2": per-head accumulation (P/heads added head by head: float32 rounding differs from "1");
+#: "3": heads summed per chunk, then added once with alpha = 1/heads (the batched loop's order)
+CAPTURE_VERSION = "3"
 
 
 def _as_groups(groups: Sequence[int] | torch.Tensor, what: str) -> torch.Tensor:
@@ -69,15 +76,14 @@ def default_cross_groups(groups: torch.Tensor) -> torch.Tensor:
 
 
 def default_loop_order(device: torch.device) -> str:
-    """``per_head`` on a single-threaded CPU, ``batched`` elsewhere (module doc).
+    """``per_head`` on the CPU (any thread count), ``batched`` elsewhere (module doc).
 
-    Measured (``python -m benchmark.perf kernel``, one 64×64 SD 2-base layer, 2-core Xeon
-    shared with other jobs): at 1 thread per_head used 0.54 s of CPU against 0.59 s for
-    batched; at 2 threads the per-head loop's 5× more, smaller parallel regions cost
-    twice the time of batched (threads wait at each region's barrier when the machine is
-    busy), so several threads keep the all-heads loop.
+    Measured on a quiet 2-core Xeon (README "Performance", ``python -m benchmark.perf
+    kernel`` and ``capture``): the per-head loop is the faster one at 1 and at 2 threads
+    once its scratch tensors are reused and the head sum stays in cache; on a GPU the
+    all-heads chunk keeps the kernels few and large.
     """
-    return "per_head" if device.type == "cpu" and torch.get_num_threads() == 1 else "batched"
+    return "per_head" if device.type == "cpu" else "batched"
 
 
 class _Accumulator:
@@ -230,6 +236,57 @@ def _part_of(layer_name: str) -> str:
     return "up" if layer_name.startswith("up_blocks") else "down" if layer_name.startswith("down_blocks") else "mid"
 
 
+_POOL: Dict[str, object] = {}  # "pid", "workers", "pool": the per-process worker threads
+
+
+def _worker_init() -> None:
+    # one thread per worker: its own torch ops must not start a team of threads
+    torch.set_num_threads(1)
+
+
+def _run_on_cpu_workers(work, workers: int) -> None:
+    """Run ``work()`` on ``workers`` threads at once (the calling one included) and return
+    when all have returned; the first error is raised after all have stopped.
+
+    Torch's intra-op threads are set to 1 for the duration (restored after, also on error):
+    each chunk then runs its products, softmax and adds on one core without a barrier per
+    operation (measured on a 2-core Xeon, README "Performance": one barrier per operation
+    made the per-head loop 1.6x slower at 2 threads on a busy machine). Grad / inference
+    mode is thread-local, so the caller's is set in the workers too."""
+    if workers <= 1:
+        work()
+        return
+    pool = _POOL.get("pool")
+    if _POOL.get("pid") != os.getpid() or _POOL.get("workers", 0) < workers - 1:
+        # a forked child (data-loader worker) has no threads: it builds its own pool
+        pool = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="attention-capture", initializer=_worker_init)
+        _POOL.update(pid=os.getpid(), workers=workers - 1, pool=pool)
+    inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+    def in_callers_mode() -> None:
+        with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+            work()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        futures = [pool.submit(in_callers_mode) for _ in range(workers - 1)]
+        errors = []
+        try:
+            work()
+        except BaseException as error:  # noqa: BLE001 - re-raised below, after the workers stopped
+            errors.append(error)
+        for future in futures:
+            try:
+                future.result()
+            except BaseException as error:  # noqa: BLE001
+                errors.append(error)
+        if errors:
+            raise errors[0]
+    finally:
+        torch.set_num_threads(threads)
+
+
 class CapturingAttnProcessor:
     """Attention processor that also accumulates head-mean probabilities (see module doc).
 
@@ -244,6 +301,8 @@ class CapturingAttnProcessor:
         self.chunk_size = int(chunk_size)
         #: "per_head" | "batched" | None (= ``default_loop_order``; module doc)
         self.loop_order: Optional[str] = None
+        #: threads of the ``per_head`` loop (None = ``torch.get_num_threads()``; module doc)
+        self.chunk_workers: Optional[int] = None
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         n_queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
@@ -337,27 +396,53 @@ class CapturingAttnProcessor:
             scores += mask[..., start:stop, :] if mask.shape[-2] > 1 else mask
 
     def _per_head(self, query, key_t, value, mask, buffer, out, layer_buffer=None) -> None:
-        """CPU loop order: batch row, head, cache-sized chunk of query rows (module doc).
-        ``layer_buffer``: this layer's own head-SUM buffer when its side keeps layers."""
-        heads, n_queries = query.shape[1], query.shape[2]
-        rows = self.chunk_size
+        """CPU loop order: cache-sized chunk of query rows, batch row, head (module doc).
+
+        Each worker (``chunk_workers``) takes chunks of query rows from one shared list
+        until none is left and computes every captured row and head of its chunk: the
+        chunks write disjoint rows of ``out``, ``buffer`` and ``layer_buffer`` (this layer's
+        own head-SUM buffer when its side keeps layers), so no two workers touch the same
+        floats and the result does not depend on the number of workers."""
+        n_queries, n_keys = query.shape[2], key_t.shape[-1]
+        rows = min(self.chunk_size, n_queries)
+        chunks = [(start, min(n_queries, start + rows)) for start in range(0, n_queries, rows)]
+        take = threading.Lock()
+
+        def work() -> None:
+            # scores, probabilities and head sum of one chunk, written with out= (module doc)
+            scratch = tuple(torch.empty(rows, n_keys, dtype=torch.float32, device=query.device) for _ in range(3))
+            while True:
+                with take:
+                    if not chunks:
+                        return
+                    start, stop = chunks.pop(0)
+                self._per_head_chunk(query, key_t, value, mask, buffer, out, layer_buffer, start, stop, scratch)
+
+        _run_on_cpu_workers(work, min(len(chunks), self.chunk_workers or torch.get_num_threads()))
+
+    def _per_head_chunk(self, query, key_t, value, mask, buffer, out, layer_buffer, start, stop, scratch) -> None:
+        """Query rows [start, stop) of every captured batch row, heads one after the other;
+        the head sum stays in cache and the resolution buffer is read and written once."""
+        heads = query.shape[1]
+        chunk = stop - start
+        scores, probs, head_sum = (t[:chunk] for t in scratch)
         for row, group in self.accumulator.plan:
-            dest = buffer[group]
-            layer_dest = None if layer_buffer is None else layer_buffer[group]
+            row_mask = None if mask is None else mask[row if mask.shape[0] > 1 else 0]
             for head in range(heads):
-                q, k_t, v, o = query[row, head], key_t[row, head], value[row, head], out[row, head]
-                head_mask = None if mask is None else mask[row if mask.shape[0] > 1 else 0, head if mask.shape[1] > 1 else 0]
-                for start in range(0, n_queries, rows):
-                    stop = min(n_queries, start + rows)
-                    scores = torch.mm(q[start:stop], k_t)
-                    self._add_mask(scores, head_mask, start, stop)
-                    # the fused softmax kernel: measured 1.4x faster here than max/exp_/div_ in place
-                    probs = torch.softmax(scores, dim=-1)
-                    del scores
-                    torch.mm(probs, v, out=o[start:stop])
-                    dest[start:stop].add_(probs, alpha=1.0 / heads)
-                    if layer_dest is not None:
-                        layer_dest[start:stop].add_(probs)
+                torch.mm(query[row, head, start:stop], key_t[row, head], out=scores)
+                if row_mask is not None:
+                    self._add_mask(scores, row_mask[head if row_mask.shape[0] > 1 else 0], start, stop)
+                # the first head's probabilities are written straight into the head sum
+                head_probs = head_sum if head == 0 else probs
+                # PyTorch's fused softmax kernel (measured 1.4x faster here than max/exp_/div_
+                # in place), in its out= form so the scratch tensor is reused
+                torch.ops.aten._softmax.out(scores, -1, False, out=head_probs)
+                torch.mm(head_probs, value[row, head], out=out[row, head, start:stop])
+                if head:
+                    head_sum.add_(head_probs)
+            buffer[group, start:stop].add_(head_sum, alpha=1.0 / heads)
+            if layer_buffer is not None:
+                layer_buffer[group, start:stop].add_(head_sum)
 
     def _batched(self, query, key_t, value, mask, buffer, out, layer_buffer=None) -> None:
         """GPU loop order: chunks of query rows over all captured batch rows and heads at once."""
@@ -397,6 +482,9 @@ class AttentionCapture:
       groups than the first one.
     loop_order: "per_head" | "batched" | None (= ``default_loop_order``); the same numbers
       either way (module doc), only the speed differs.
+    workers: threads of the ``per_head`` loop, each computing whole chunks with single-
+      threaded torch operations (None = ``torch.get_num_threads()``; 1 = the calling thread
+      only, each operation using torch's intra-op threads). The same numbers for any value.
 
     After the last UNet call: ``self_attention()`` -> {side: (G, side², side²)},
     ``cross_attention()`` -> {side: (G', side², 77)}, float32 means; ``layers`` names the
@@ -413,6 +501,7 @@ class AttentionCapture:
         n_groups: Optional[int] = None,
         n_cross_groups: Optional[int] = None,
         loop_order: Optional[str] = None,
+        workers: Optional[int] = None,
     ):
         check_selection(request.self_layers, "AttentionRequest.self_layers")
         check_selection(request.cross_layers, "AttentionRequest.cross_layers")
@@ -424,6 +513,9 @@ class AttentionCapture:
         if loop_order not in (None, "per_head", "batched"):
             raise ValueError(f"loop_order must be 'per_head', 'batched' or None, got {loop_order!r}")
         self.loop_order = loop_order
+        if workers is not None and int(workers) < 1:
+            raise ValueError(f"workers must be >= 1 or None, got {workers}")
+        self.workers = None if workers is None else int(workers)
         groups = _as_groups(groups, "groups")
         cross = default_cross_groups(groups) if cross_groups is None else _as_groups(cross_groups, "cross_groups")
         self._self = _Accumulator("self", request.self_resolutions, n_groups or _count_groups(groups))
@@ -465,6 +557,7 @@ class AttentionCapture:
             for layer in self.selected[kind]:
                 processor = CapturingAttnProcessor(original[layer.name], accumulator, layer.name, self.chunk_size)
                 processor.loop_order = self.loop_order
+                processor.chunk_workers = self.workers
                 replaced[layer.name] = processor
         try:
             self.unet.set_attn_processor(replaced)  # it empties the dict it is given: `replaced` is a copy
