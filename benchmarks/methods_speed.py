@@ -9,9 +9,11 @@ map of background + 3 objects: block-structured self-attention, cross-attention 
 class token is high on its object), and times ``method.segment`` (the public API, as the
 runner calls it) on fresh tensors per call, so no memo is hit.
 
-It also prints the UNet prompts per image (rows of the diffusion batch: one UNet pass each
-in a one-image batch) under the preset's candidate mode and under ``candidates=gt`` (the
-3 objects of the scene), for a dataset of C classes.
+It also prints the UNet prompts per image (rows of the diffusion batch: one per distinct
+prompt text, one UNet pass each in a one-image batch) under the preset's candidate mode
+and under ``candidates=gt`` (the 3 objects of the scene), for a dataset of C classes. A
+preset that reads captions from a file (``candidates: file``, e.g. ``diffseg_semantic``)
+gets a synthetic one naming the scene's objects.
 
     python benchmarks/methods_speed.py [--repeats 3] [--threads N] [--out 512] [--only diffseg,kmeans]
         [--set seediff_code.pamr_iterations=0]
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 from statistics import median
@@ -110,25 +113,46 @@ def compose_method(name: str, dataset: str, overrides: Sequence[str]):
     return validate_method(cfg.method), class_names(dataset)
 
 
+def unet_rows(method, ctx: SegmentContext) -> int:
+    """UNet rows per image: one per distinct prompt text (``DiffusionModel.capture``)."""
+    return len({q.text for q in method.queries(ctx)})
+
+
 def candidate_counts(method, spec, class_names, ctx: SegmentContext, gt_classes: List[int]) -> Tuple[str, int, int]:
     """(preset candidate mode, prompts per image under it, prompts per image with candidates=gt)."""
     from benchmark.candidates import resolve_candidates
 
     mode = getattr(spec.settings, "candidates", None)
     if mode is None:
-        return "-", len(method.queries(ctx)), len(method.queries(ctx))
+        return "-", unet_rows(method, ctx), unet_rows(method, ctx)
     label = torch.tensor(gt_classes).view(1, -1)
+    candidates_file = getattr(spec.settings, "candidates_file", None)
     counts = []
     for m in (mode, "gt"):
-        if m in ("file", "clip"):  # needs a file / CLIP: not available to a synthetic run
+        if m == "clip" or (m == "file" and not candidates_file):  # needs CLIP / a file: not synthetic
             counts.append(-1)
             continue
-        ctx.candidates, ctx.caption = resolve_candidates(m, ctx.image_id, label, class_names, 255)
-        counts.append(len(method.queries(ctx)))
-    # post-processing is timed under the preset's mode (all classes: one map per class), gt otherwise
-    timed = mode if mode in ("all", "gt") else "gt"
-    ctx.candidates, ctx.caption = resolve_candidates(timed, ctx.image_id, label, class_names, 255)
+        ctx.candidates, ctx.caption = resolve_candidates(m, ctx.image_id, label, class_names, 255, candidates_file)
+        try:
+            counts.append(unet_rows(method, ctx))
+        except ValueError:  # e.g. a method that prompts with a caption, which candidates=gt has not
+            counts.append(-1)
+    # post-processing is timed under the preset's mode (all classes: one map per class; a
+    # file: the synthetic captions file), gt otherwise
+    timed = mode if mode in ("all", "gt") or (mode == "file" and candidates_file) else "gt"
+    ctx.candidates, ctx.caption = resolve_candidates(timed, ctx.image_id, label, class_names, 255, candidates_file)
     return mode, counts[0], counts[1]
+
+
+def synthetic_captions_file(folder: Path) -> Path:
+    """A candidates file (``method.candidates_file``) for the synthetic image: its caption
+    names the scene's objects, its classes are them (what a captioner + filter would give)."""
+    import json
+
+    path = folder / "synthetic_captions.json"
+    caption = "a photo of a " + ", a ".join(OBJECTS[:-1]) + f" and a {OBJECTS[-1]}"
+    path.write_text(json.dumps({"synthetic": {"caption": caption, "classes": list(OBJECTS)}}))
+    return path
 
 
 def synthesise(method, params, ctx: SegmentContext, labels: torch.Tensor, segment_classes: Dict[str, int],
@@ -170,10 +194,21 @@ def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -
         return {"skipped": "needs no diffusion pass (reads external predictions)"}
     from benchmark.config import ConfigError
 
+    dataset = DATASET.get(cls.task, "cocostuff27")
     try:
-        spec, class_names = compose_method(name, DATASET.get(cls.task, "cocostuff27"), overrides)
+        spec, class_names = compose_method(name, dataset, overrides)
     except ConfigError as err:  # e.g. a method that needs a captions file to be configured
-        return {"skipped": f"its preset needs more than synthetic inputs: {err}"}
+        from omegaconf import OmegaConf
+
+        from benchmark.__main__ import CONF_DIR
+
+        preset = Path(CONF_DIR) / "method" / f"{name}.yaml"
+        reads_file = preset.is_file() and OmegaConf.load(preset).get("candidates") == "file"
+        if not reads_file or any(o.startswith("method.candidates_file=") for o in overrides):
+            return {"skipped": f"its preset needs more than synthetic inputs: {err}"}
+        # a preset reading captions / candidates from a file (e.g. diffseg_semantic): the synthetic one
+        captions = synthetic_captions_file(Path(tempfile.mkdtemp(prefix="methods_speed_")))
+        spec, class_names = compose_method(name, dataset, [*overrides, f"method.candidates_file={captions}"])
     method = spec.cls(settings=spec.settings, extract=spec.extract)
     params = spec.points[0]
     generator = torch.Generator().manual_seed(0)

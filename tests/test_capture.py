@@ -245,6 +245,42 @@ def test_batch_equals_single_images_and_one_unet_call(tiny_model, monkeypatch):
         assert_maps_close(b, s)
 
 
+@pytest.mark.parametrize("per_prompt", [False, True])
+def test_queries_sharing_a_text_share_one_unet_row(tiny_model, per_prompt):
+    """One caption read at several nouns (Semantic DiffSeg) is one UNet row, not one per noun:
+    the row's latent, timestep and embedding are the same, so each query gets the maps of a
+    capture of that query alone (also per-prompt self-attention and the per-layer maps)."""
+    images = _images(2, seed=4)
+    caption = "a photograph of cat and dog"
+    queries = [
+        [PromptQuery(caption, "cat"), PromptQuery(caption, "dog"), PromptQuery("a photograph of dog", "dog")],
+        [PromptQuery(caption, "dog")],
+    ]
+    extract = dataclasses.replace(EXTRACT, self_attn_per_prompt=per_prompt)
+    request = AttentionRequest((16, 8), (16, 4), cross_layer_resolutions=(4,))
+    rows = tiny_model.unet_rows
+    shared = tiny_model.capture(images, queries, request, extract)
+    assert tiny_model.unet_rows - rows == 3  # 2 distinct texts of image 0 + 1 of image 1
+    assert shared[0].cross_attn[16].shape == (3, 256, 77)
+    assert shared[0].token_positions == [[4], [7], [4]]  # the tiny vocabulary splits "and"
+    for i, qs in enumerate(queries):
+        for j, q in enumerate(qs):
+            alone = tiny_model.capture([images[i]], [[q]], request, extract)[0]
+            for side, maps in alone.cross_attn.items():
+                torch.testing.assert_close(shared[i].cross_attn[side][j], maps[0], atol=1e-6, rtol=0)
+            torch.testing.assert_close(shared[i].cross_attn_layers[4][:, j], alone.cross_attn_layers[4][:, 0], atol=1e-6, rtol=0)
+            if per_prompt:
+                for side, maps in alone.self_attn.items():
+                    torch.testing.assert_close(shared[i].self_attn[side][j], maps[0], atol=1e-6, rtol=0)
+    if not per_prompt:  # an image's self-attention: the mean over its distinct prompts, each once
+        distinct = tiny_model.capture([images[0]], [[queries[0][0], queries[0][2]]], request, extract)[0]
+        for side, maps in distinct.self_attn.items():
+            torch.testing.assert_close(shared[0].self_attn[side], maps, atol=1e-6, rtol=0)
+    # each query's maps are its own tensors (methods may modify them in place)
+    shared[0].cross_attn[16][0].zero_()
+    assert shared[0].cross_attn[16][1].abs().sum() > 0
+
+
 def test_capture_pipeline_matches_manual_steps(tiny_model):
     """VAE sample x scaling factor, add_noise at t, one UNet pass: the documented recipe."""
     image = _images(1)[0]

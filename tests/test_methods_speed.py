@@ -49,14 +49,16 @@ def test_methods_speed_times_registered_methods_and_counts_prompts(monkeypatch, 
 
     monkeypatch.setitem(methods.METHODS, "toy_plugin", f"{__name__}:ToyPlugin")
     script = _load_script()
-    script.main(["--only", "predictions,ca,diffsegmenter,toy_plugin", "--repeats", "0", "--out", "96", "--threads", "1"])
+    script.main(["--only", "predictions,ca,diffsegmenter,diffseg_semantic,toy_plugin", "--repeats", "0", "--out", "96",
+                 "--threads", "1"])
     out = capsys.readouterr().out
     assert re.search(r"^predictions\s+skipped: needs no diffusion pass", out, re.M), out
     seconds = {m: float(v) for m, v in re.findall(r"^seconds_per_image_(\w+)=(\d+\.\d+)$", out, re.M)}
-    assert set(seconds) == {"ca", "diffsegmenter", "toy_plugin"} and min(seconds.values()) > 0, out
+    assert set(seconds) == {"ca", "diffsegmenter", "diffseg_semantic", "toy_plugin"} and min(seconds.values()) > 0, out
     prompts = {m: int(v) for m, v in re.findall(r"^unet_prompts_per_image_(\w+)=(\d+)$", out, re.M)}
-    # presets use candidates=all: one prompt per VOC class without background (20); gt: the 3 objects
-    assert prompts == {"ca": 20, "diffsegmenter": 20, "toy_plugin": 1}, out
+    # presets use candidates=all: one prompt per VOC class without background (20); gt: the 3 objects;
+    # diffseg_semantic reads a (synthetic) captions file: one caption, one UNet row for its 3 nouns
+    assert prompts == {"ca": 20, "diffsegmenter": 20, "diffseg_semantic": 1, "toy_plugin": 1}, out
     assert re.search(r"^diffsegmenter\s.*\ball\s+20\s+3\s+1\s+\d+$", out, re.M), out
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -53,11 +53,13 @@ def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) ->
     return module.to(device).eval().requires_grad_(False)
 
 
-def _own(maps: torch.Tensor, part: slice) -> torch.Tensor:
-    """``maps[part]`` in its own storage (a view would keep the whole batch buffer alive),
-    without a copy when the part is the whole buffer (one image per call: the usual case)."""
-    view = maps[part]
-    return view if view.numel() == maps.numel() else view.clone()
+def _own(maps: torch.Tensor, part: Sequence[int], dim: int = 0) -> torch.Tensor:
+    """Entries ``part`` (indices) of ``maps`` along ``dim`` in their own storage (a view would
+    keep the whole batch buffer alive), without a copy when they are the whole buffer in
+    order (one image per call and one row per query: the usual case)."""
+    if list(part) == list(range(maps.shape[dim])):
+        return maps
+    return maps.index_select(dim, torch.as_tensor(list(part), dtype=torch.long, device=maps.device))
 
 
 def attention_sides(unet_config, latent_side: int) -> List[int]:
@@ -396,6 +398,9 @@ class DiffusionModel:
 
         images: uint8 (3, H, W) tensors, or float32 ones in [0, 255] (an unrounded resize,
         ``Sample.vae_image``); queries[i]: the prompts of image i (at least one);
+        Queries of one image with the same text share one UNet row (their maps are equal
+        copies; the token positions still differ), so a caption read at several nouns
+        costs one row.
         image_ids: keys seeding each image's randomness (default: hash of its pixels);
         timesteps: per-image timestep overriding ``extract.timestep`` (several timesteps
         in one pass).
@@ -432,11 +437,25 @@ class DiffusionModel:
             noise = torch.stack([_randn(latents.shape[1:], derive_seed(extract.seed, "noise", k)) for k in keys])
             latents = self.scheduler.add_noise(latents.float(), noise.to(self.device), t)
 
-        counts = [len(qs) for qs in queries]
-        image_of_row = torch.repeat_interleave(torch.arange(n), torch.tensor(counts))
-        prompt_rows = torch.arange(int(image_of_row.numel()))
+        # one UNet row per distinct prompt text of an image: queries sharing a text (one
+        # caption read at several nouns, as Semantic DiffSeg does) share the row, whose
+        # latent, timestep and text embedding are the same (the official get_semantics runs
+        # the caption once); an image's shared self-attention is the mean over its distinct
+        # prompts, each once; query_rows[i][j]: the row of query j of image i
+        flat: List[PromptQuery] = []
+        image_rows: List[int] = []
+        query_rows: List[List[int]] = []
+        for i, qs in enumerate(queries):
+            row_of_text: Dict[str, int] = {}
+            for q in qs:
+                if q.text not in row_of_text:
+                    row_of_text[q.text] = len(flat)
+                    flat.append(q)
+                    image_rows.append(i)
+            query_rows.append([row_of_text[q.text] for q in qs])
+        image_of_row = torch.tensor(image_rows, dtype=torch.long)
+        prompt_rows = torch.arange(len(flat))
         self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
-        flat = [q for qs in queries for q in qs]
         embeddings = self.encode_queries(flat)
         n_self_groups = int(self_groups.max()) + 1
         # block outputs are hooked in the same pass, grouped like self-attention
@@ -454,21 +473,20 @@ class DiffusionModel:
         layer_maps = capture.cross_attention_layers()
         feature_maps = features.result()
 
-        out, first = [], 0
+        out = []
         for i, qs in enumerate(queries):
-            prompts = slice(first, first + len(qs))
-            groups = prompts if extract.self_attn_per_prompt else slice(i, i + 1)
+            prompts = query_rows[i]
+            groups = prompts if extract.self_attn_per_prompt else [i]
             out.append(
                 AttentionMaps(
                     {r: _own(a, groups) for r, a in self_maps.items()},
                     {r: _own(a, prompts) for r, a in cross_maps.items()},
                     list(qs),
                     positions[i],
-                    {r: a[:, prompts].clone() for r, a in layer_maps.items()},
+                    {r: _own(a, prompts, dim=1) for r, a in layer_maps.items()},
                     {n: _own(f, groups) for n, f in feature_maps.items()},
                 )
             )
-            first += len(qs)
         return out
 
     @torch.no_grad()  # not inference_mode: results must stay ordinary tensors (in-place ops later)
@@ -542,8 +560,8 @@ class DiffusionModel:
             for i, q in enumerate(chunk):
                 maps.append(
                     AttentionMaps(
-                        {r: _own(a, slice(i, i + 1)) for r, a in self_maps.items()},
-                        {r: _own(a, slice(i, i + 1)) for r, a in cross_maps.items()},
+                        {r: _own(a, [i]) for r, a in self_maps.items()},
+                        {r: _own(a, [i]) for r, a in cross_maps.items()},
                         [q],
                         self._positions([q]),
                         {r: a[:, i : i + 1].clone() for r, a in layer_maps.items()},
