@@ -58,6 +58,8 @@ VARIANTS = ("plain", "self16", "cross")
 #: timed only (no memory subprocess): self16 with the capture loop order that is NOT the
 #: default here (``default_loop_order``), so both orders are compared within one run
 TIMED_ONLY = ("self16_other_order",)
+#: timed only, on a CPU with several threads: self16 without the capture's worker threads
+ONE_WORKER = "self16_one_worker"
 
 
 def _rss_mb() -> float:
@@ -106,11 +108,11 @@ def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: st
         "self16_other_order": AttentionRequest(self_resolutions=sides),
     }
 
-    def make_pass(request, loop_order=None):
+    def make_pass(request, loop_order=None, workers=None):
         def one_pass():
             groups = list(range(batch))  # one image per batch row
             scope = nullcontext() if request is None else AttentionCapture(
-                unet, request, groups, chunk_size, loop_order=loop_order
+                unet, request, groups, chunk_size, loop_order=loop_order, workers=workers
             )
             with scope as capture, torch.inference_mode():
                 out = unet(latents, t, encoder_hidden_states=context).sample
@@ -124,7 +126,11 @@ def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: st
     from benchmark.attention.capture import default_loop_order
 
     other = "batched" if default_loop_order(torch.device(device)) == "per_head" else "per_head"
-    return {name: make_pass(request, other if name in TIMED_ONLY else None) for name, request in requests.items()}
+    passes = {name: make_pass(request, other if name in TIMED_ONLY else None) for name, request in requests.items()}
+    if device == "cpu" and torch.get_num_threads() > 1:
+        # the per-head loop on the calling thread only (torch's threads inside each operation)
+        passes[ONE_WORKER] = make_pass(requests["self16"], "per_head", workers=1)
+    return passes
 
 
 def memory_of_variant(args: argparse.Namespace, variant: str, out_path: str) -> dict:
@@ -150,7 +156,7 @@ def time_variants(args: argparse.Namespace) -> dict:
     import torch
 
     passes = _setup(args.arch, args.size, args.chunk_size, args.device, args.dtype, args.batch)
-    timed = VARIANTS + TIMED_ONLY
+    timed = VARIANTS + tuple(name for name in passes if name not in VARIANTS)
     times = {v: [] for v in timed}
     cpu_times = {v: [] for v in timed}
     for round_ in range(args.repeats + 1):  # round 0 warms up allocators and kernels
@@ -201,7 +207,7 @@ def capture_benchmark(args: argparse.Namespace) -> None:
               f"{best[variant] / best['plain']:6.3f} {best_cpu[variant] / best_cpu['plain']:9.3f} "
               f"{m['peak_rss_mb']:12.0f} {m['peak_rss_mb'] / plain_mem:9.3f} "
               f"{m['peak_rss_mb'] - m['rss_after_build_mb']:9.0f} {diff:10.2e}")
-    for variant in TIMED_ONLY:
+    for variant in (v for v in best if v not in VARIANTS):
         print(f"{variant:8s} {best[variant]:7.2f} {statistics.median(timing['times'][variant]):9.2f} "
               f"{best[variant] / best['plain']:6.3f} {best_cpu[variant] / best_cpu['plain']:9.3f}   (timed only)")
     print("(ratio: wall-clock minimum / plain; cpu ratio: process CPU time, less sensitive to other processes "
@@ -214,6 +220,8 @@ def capture_benchmark(args: argparse.Namespace) -> None:
     order = default_loop_order(torch.device(args.device))
     print(f"loop_order={order} (self16_other_order: the other one)")
     print(f"capture_overhead_ratio_other_order={best['self16_other_order'] / best['plain']:.3f}")
+    if ONE_WORKER in best:
+        print(f"capture_overhead_ratio_one_worker={best[ONE_WORKER] / best['plain']:.3f}")
     print(f"cross_capture_overhead_ratio={best['cross'] / best['plain']:.3f}")
     print(f"peak_rss_ratio={memory['self16']['peak_rss_mb'] / plain_mem:.3f}")
     print(f"capture_overhead_ratio={best['self16'] / best['plain']:.3f}")

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parent.parent
 def test_perf_capture_prints_ratio_and_peak_rss_last():
     proc = subprocess.run(
         [sys.executable, "-m", "benchmark.perf", "capture", "--arch", "sd14", "--size", "8", "--repeats", "1",
-         "--threads", "1", "--batch", "2"],
+         "--threads", "2", "--batch", "2"],
         capture_output=True, text=True, cwd=REPO, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -24,6 +24,8 @@ def test_perf_capture_prints_ratio_and_peak_rss_last():
     assert re.fullmatch(r"peak_rss_mb=\d+", lines[-1]), lines[-1]
     assert float(lines[-2].split("=")[1]) > 0
     assert any(line.startswith("images_per_s_self16=") for line in lines)
+    # 2 threads: the capture's worker threads are compared with the loop on one thread
+    assert any(re.fullmatch(r"capture_overhead_ratio_one_worker=\d+\.\d+", line) for line in lines), lines
     # captured passes equal the plain pass (last column: max |output difference|)
     diffs = [float(line.split()[-1]) for line in lines if line.startswith(("self16 ", "cross "))]
     assert len(diffs) == 2 and max(diffs) < 1e-4
