@@ -112,7 +112,7 @@ def _setup(arch: str, size: int, chunk_size: int, device: str = "cpu", dtype: st
         def one_pass():
             groups = list(range(batch))  # one image per batch row
             scope = nullcontext() if request is None else AttentionCapture(
-                unet, request, groups, chunk_size, loop_order=loop_order, workers=workers
+                unet, request, groups, chunk_size or None, loop_order=loop_order, workers=workers
             )
             with scope as capture, torch.inference_mode():
                 out = unet(latents, t, encoder_hidden_states=context).sample
@@ -190,11 +190,14 @@ def capture_benchmark(args: argparse.Namespace) -> None:
                 raise SystemExit(f"variant {variant} failed (exit {proc.returncode})")
             memory[variant] = json.loads(proc.stdout.strip().splitlines()[-1])
             outputs[variant] = torch.load(out_path)
+    from benchmark.attention.capture import default_chunk_size
+
     print(f"[time] {args.repeats} interleaved rounds after a warm-up ...", flush=True)
     timing = time_variants(args)
     best = {v: min(ts) for v, ts in timing["times"].items()}
     print(f"UNet {args.arch}, latent {args.size}x{args.size}, {args.dtype} on {args.device}, batch {args.batch}, "
-          f"chunk {args.chunk_size}, {timing['threads']} threads, {args.repeats} timed passes per variant")
+          f"chunk {args.chunk_size or default_chunk_size(torch.device(args.device))}, {timing['threads']} threads, "
+          f"{args.repeats} timed passes per variant")
     memory_kind = "CUDA peak MB" if args.device.startswith("cuda") else "peak RSS MB"
     best_cpu = {v: min(ts) for v, ts in timing["cpu_times"].items()}
     print(f"{'variant':8s} {'min s':>7s} {'median s':>9s} {'ratio':>6s} {'cpu ratio':>9s} {memory_kind:>12s} "
@@ -309,7 +312,7 @@ def e2e_benchmark(args: argparse.Namespace) -> dict:
     if not method.needs_diffusion:
         raise SystemExit(f"e2e: method {args.method!r} needs no diffusion pass; nothing to measure")
     params = runner.v.method.points[0]
-    chunk = args.chunk_size or (2048 if cuda else 128)
+    chunk = args.chunk_size or None  # None: the capture's per-device default
     model = DiffusionModel(
         **_components(args.arch, args.device, torch_dtype), device=args.device, dtype=torch_dtype,
         model_id=f"random-{args.arch}", fingerprint=f"random-{args.arch}", chunk_size=chunk, max_batch=args.batch,
@@ -510,8 +513,8 @@ def main(argv=None) -> None:
     for p in (cap, child, e2e):
         p.add_argument("--arch", default="sd2_base", choices=("sd2_base", "sd14") + (("tiny",) if p is e2e else ()))
         p.add_argument("--size", type=int, default=64, help="latent side (64 = 512 px images)")
-        p.add_argument("--chunk-size", type=int, default=128 if p is not e2e else 0,
-                       help="query rows per capture chunk" + (" (0: 128 on the CPU, 2048 on a GPU)" if p is e2e else ""))
+        p.add_argument("--chunk-size", type=int, default=0,
+                       help="query rows per capture chunk (0: the capture's default, 128 on the CPU, 2048 on a GPU)")
     for p in (cap, child, e2e):
         p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0 = torch's default)")
         p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")

@@ -567,3 +567,23 @@ def test_worker_error_is_raised_after_every_worker_stopped_and_threads_are_resto
         _run_on_cpu_workers(work, 3)
     assert finished == [1, 1]  # both workers ran to the end, one thread each
     assert len(names) == 3 and torch.get_num_threads() == threads
+
+
+def test_chunk_size_defaults_per_device_and_does_not_change_the_maps(tiny_model):
+    """``model.chunk_size: null``: 128 query rows per batch row on the CPU, 2048 summed over
+    the batch rows on a GPU (fewer kernel launches); any chunk gives the same maps."""
+    from benchmark.attention.capture import default_chunk_size
+    from benchmark.models import ModelConfig
+
+    assert default_chunk_size(torch.device("cpu")) == 128 and default_chunk_size(torch.device("cuda", 0)) == 2048
+    assert ModelConfig(name="tiny").chunk_size is None
+    latents, t, emb = unet_inputs(tiny_model, batch=2, seed=7)
+    request = AttentionRequest(ALL_16, ALL_16)
+    maps = {}
+    for chunk in (None, 1000, 7):
+        with AttentionCapture(tiny_model.unet, request, [0, 0], chunk_size=chunk) as capture, torch.inference_mode():
+            tiny_model.unet(latents, t, encoder_hidden_states=emb)
+        maps[chunk] = capture.self_attention()
+    for side in ALL_16:
+        torch.testing.assert_close(maps[None][side], maps[1000][side], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(maps[None][side], maps[7][side], atol=1e-6, rtol=1e-5)

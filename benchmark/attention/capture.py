@@ -86,6 +86,18 @@ def default_loop_order(device: torch.device) -> str:
     return "per_head" if device.type == "cpu" else "batched"
 
 
+#: query rows per chunk when none is given: per batch row on the CPU (the per-head loop:
+#: 128 x 4096 keys x 4 bytes = 2 MiB per scratch tensor, cache-sized, measured best of
+#: 64/128/256 on a 2-core Xeon), summed over the batch rows on a GPU (fewer, larger kernels:
+#: 2048 rows x 5 heads x 4096 keys x 4 bytes = 160 MiB of scores for SD 2's 64x64 layers;
+#: not yet measured on a GPU: ``python -m benchmark.perf capture --device cuda --chunk-size N``)
+DEFAULT_CHUNK_ROWS = {"cpu": 128, "gpu": 2048}
+
+
+def default_chunk_size(device: torch.device) -> int:
+    return DEFAULT_CHUNK_ROWS["cpu" if device.type == "cpu" else "gpu"]
+
+
 class _Accumulator:
     """Running sums of head-mean attention probabilities of one kind (self or cross)."""
 
@@ -294,11 +306,12 @@ class CapturingAttnProcessor:
     to the processor it replaced, i.e. keep the fused kernel.
     """
 
-    def __init__(self, original, accumulator: _Accumulator, layer_name: str, chunk_size: int):
+    def __init__(self, original, accumulator: _Accumulator, layer_name: str, chunk_size: Optional[int]):
         self.original = original
         self.accumulator = accumulator
         self.layer_name = layer_name
-        self.chunk_size = int(chunk_size)
+        #: None = ``default_chunk_size`` of the device the layer runs on
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         #: "per_head" | "batched" | None (= ``default_loop_order``; module doc)
         self.loop_order: Optional[str] = None
         #: threads of the ``per_head`` loop (None = ``torch.get_num_threads()``; module doc)
@@ -404,7 +417,7 @@ class CapturingAttnProcessor:
         own head-SUM buffer when its side keeps layers), so no two workers touch the same
         floats and the result does not depend on the number of workers."""
         n_queries, n_keys = query.shape[2], key_t.shape[-1]
-        rows = min(self.chunk_size, n_queries)
+        rows = min(self.chunk_size or default_chunk_size(query.device), n_queries)
         chunks = [(start, min(n_queries, start + rows)) for start in range(0, n_queries, rows)]
         take = threading.Lock()
 
@@ -453,7 +466,7 @@ class CapturingAttnProcessor:
             if mask is not None and mask.shape[0] > 1:
                 mask = mask.index_select(0, rows)
         batch, heads, n_queries = query.shape[:3]
-        rows_per_chunk = max(1, self.chunk_size // batch)
+        rows_per_chunk = max(1, (self.chunk_size or default_chunk_size(query.device)) // batch)
         for start in range(0, n_queries, rows_per_chunk):
             stop = min(n_queries, start + rows_per_chunk)
             scores = torch.matmul(query[:, :, start:stop], key_t)
@@ -475,8 +488,9 @@ class AttentionCapture:
 
     unet: a diffusers ``UNet2DConditionModel``.
     groups: self-attention group of every row of the next UNet batch (-1 = not captured).
-    chunk_size: query rows per chunk: per batch row and head in the ``per_head`` loop, summed
-      over the captured batch rows in the ``batched`` one (see the module doc).
+    chunk_size: query rows per chunk: per batch row in the ``per_head`` loop, summed over
+      the captured batch rows in the ``batched`` one (see the module doc); None =
+      ``default_chunk_size`` of the device (128 on the CPU, 2048 on a GPU).
     cross_groups: cross-attention group of every row (default: one per captured row).
     n_groups / n_cross_groups: number of groups when later calls (``set_groups``) use more
       groups than the first one.
@@ -496,7 +510,7 @@ class AttentionCapture:
         unet,
         request: AttentionRequest,
         groups: Sequence[int] | torch.Tensor,
-        chunk_size: int = 128,
+        chunk_size: Optional[int] = None,
         cross_groups: Sequence[int] | torch.Tensor | None = None,
         n_groups: Optional[int] = None,
         n_cross_groups: Optional[int] = None,
@@ -505,11 +519,11 @@ class AttentionCapture:
     ):
         check_selection(request.self_layers, "AttentionRequest.self_layers")
         check_selection(request.cross_layers, "AttentionRequest.cross_layers")
-        if chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size}")
         self.unet = unet
         self.request = request
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
         if loop_order not in (None, "per_head", "batched"):
             raise ValueError(f"loop_order must be 'per_head', 'batched' or None, got {loop_order!r}")
         self.loop_order = loop_order

@@ -36,10 +36,11 @@ class ModelConfig:
     dtype: str = "fp32"
     #: auto (cuda when available) | cpu | cuda | cuda:N | mps
     device: str = "auto"
-    #: query rows per chunk of the capturing attention: per batch row and head on a
-    #: 1-thread CPU (chunk_size x keys x 4 bytes, cache-sized), else summed over the batch
-    #: rows (chunk_size x heads x keys x 4 bytes); see benchmark/attention/capture.py
-    chunk_size: int = 128
+    #: query rows per chunk of the capturing attention: per batch row on the CPU
+    #: (chunk_size x keys x 4 bytes per scratch tensor, cache-sized), summed over the batch
+    #: rows on a GPU (chunk_size x heads x keys x 4 bytes); null = 128 on the CPU, 2048 on a
+    #: GPU (benchmark/attention/capture.py ``default_chunk_size``). The maps do not depend on it.
+    chunk_size: Optional[int] = None
     #: UNet batch rows (prompts) per forward call; more prompts are split into several calls
     max_batch: int = 16
     #: allow downloading a hub id that is not in the local HF cache (never when HF_HUB_OFFLINE=1)
@@ -58,7 +59,7 @@ class ModelConfig:
                 f"Invalid value {self.device!r} for config key 'model.device'. Expected auto, cpu, cuda, cuda:N or mps."
             )
         for key in ("chunk_size", "max_batch"):
-            if int(getattr(self, key)) < 1:
+            if getattr(self, key) is not None and int(getattr(self, key)) < 1:
                 raise ValueError(f"Invalid value {getattr(self, key)!r} for config key 'model.{key}': must be >= 1.")
         if self.path is None and self.name not in TINY_NAMES:
             raise ValueError(

@@ -142,7 +142,7 @@ class DiffusionModel:
         dtype: torch.dtype,
         model_id: str,
         fingerprint: str,
-        chunk_size: int = 128,
+        chunk_size: Optional[int] = None,
         max_batch: int = 16,
         text_encoder_2=None,
         tokenizer_2=None,
@@ -166,7 +166,7 @@ class DiffusionModel:
         self.scheduler = scheduler
         self.model_id = model_id
         self.fingerprint = fingerprint
-        self.chunk_size = int(chunk_size)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)  # None: per device (capture.py)
         self.max_batch = int(max_batch)
         self.unet_calls = 0
         self.unet_rows = 0
