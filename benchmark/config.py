@@ -389,11 +389,22 @@ def validate_metric(node: Any, task: str) -> MetricSpec:
     return MetricSpec(name=name, cls=cls, params=to_dataclass(data, cls.Params, "metric"))
 
 
+def _single_id_as_list(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``dataset.ids=2008_000002`` (one id, not a list) as the one-element list ``[2008_000002]``.
+
+    The number check then applies to it as to any list element (Hydra reads unquoted digits,
+    underscores between them included, as an int: ``2008_000002`` -> 2008000002)."""
+    if isinstance(data, Mapping) and "ids" in data and isinstance(data["ids"], (str, *_NUMBER)):
+        return {**data, "ids": [data["ids"]]}
+    return data
+
+
 def validate_dataset(node: Any) -> Any:
     from benchmark.data import DATASET_SCHEMAS
 
     data = _plain(node) or {}
     name = choice(data.get("name", ""), sorted(DATASET_SCHEMAS), "dataset.name")
+    data = _single_id_as_list(data)
     config = to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
     empty = []
     if getattr(config, "ids", None) is not None and len(config.ids) == 0:
