@@ -478,10 +478,20 @@ def _validate_reference(node: Any) -> Optional[Dict[str, Any]]:
     if reference:
         from benchmark.tables import published_numbers
 
-        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric", "model"}:
+        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric", "model", "extract", "n_images"}:
             raise ConfigError(
-                f"'reference' must be {{method: ..., dataset: ..., metric: (optional), model: (optional)}}, got {reference!r}"
+                f"'reference' must be {{method: ..., dataset: ..., metric: (optional), model: (optional), "
+                f"extract: (optional), n_images: (optional)}}, got {reference!r}"
             )
+        extract, keys = reference.get("extract"), [f.name for f in dataclasses.fields(ExtractionConfig)]
+        if extract is not None and (not isinstance(extract, Mapping) or set(extract) - set(keys)):
+            raise ConfigError(
+                f"reference.extract must map method.extract keys ({', '.join(keys)}) to the values the "
+                f"published numbers used, got {extract!r}"
+            )
+        n_images = reference.get("n_images")
+        if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1):
+            raise ConfigError(f"reference.n_images must be a positive image count (or absent), got {n_images!r}")
         try:
             published_numbers(reference)  # a missing entry fails now, not after the last image
         except KeyError as err:

@@ -87,7 +87,8 @@ def key_docs(cfg: Any) -> Dict[str, str]:
             for name, doc in field_docs(schema).items():
                 out[f"{prefix}.{name}"] = doc
     out.setdefault("method.grid", "in-run grid: key -> list of values, all scored on the same diffusion pass")
-    out.setdefault("reference", "experiments: {method, dataset[, metric]} whose published numbers are shown beside measured")
+    out.setdefault("reference", "experiments: {method, dataset[, metric, model, extract, n_images]} whose published "
+                   "numbers are shown beside comparable runs")
     return out
 
 

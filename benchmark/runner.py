@@ -417,7 +417,8 @@ class Runner:
             "oracle_keys": [k for k in v.method.grid_keys if k in getattr(v.method.cls, "oracle_keys", ())],
             "image_ids": sorted(r.image_id for r in ok),
         }
-        payload["protocol"] = run_protocol(v, v.method.cls, len(ok), len(self.dataset.ids))
+        payload["protocol"] = run_protocol(v, v.method.cls, len(ok), len(self.dataset.ids),
+                                           getattr(self.dataset, "expected_count", None))
         payload["published"], payload["published_withheld"] = self._published(payload["protocol"])
         if payload["random_weights"]:
             payload["note"] = "pipeline check: random-weight model, numbers are not results"
