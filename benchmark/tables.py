@@ -41,6 +41,7 @@ PROTOCOL_KEYS = ("candidates", "bg_protocol")
 #: full split: the usual Pascal Context conversion yields 5104 of the published 5105 images
 FULL_SPLIT_TOLERANCE = 0.005
 
+
 def full_split_tolerance(published_count: int) -> int:
     """Images a run may lack (or have extra) and still count as the published split."""
     return int(published_count * FULL_SPLIT_TOLERANCE)
