@@ -389,11 +389,22 @@ def validate_metric(node: Any, task: str) -> MetricSpec:
     return MetricSpec(name=name, cls=cls, params=to_dataclass(data, cls.Params, "metric"))
 
 
+def _single_id_as_list(data: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``dataset.ids=2008_000002`` (one id, not a list) as the one-element list ``[2008_000002]``.
+
+    The number check then applies to it as to any list element (Hydra reads unquoted digits,
+    underscores between them included, as an int: ``2008_000002`` -> 2008000002)."""
+    if isinstance(data, Mapping) and "ids" in data and isinstance(data["ids"], (str, *_NUMBER)):
+        return {**data, "ids": [data["ids"]]}
+    return data
+
+
 def validate_dataset(node: Any) -> Any:
     from benchmark.data import DATASET_SCHEMAS
 
     data = _plain(node) or {}
     name = choice(data.get("name", ""), sorted(DATASET_SCHEMAS), "dataset.name")
+    data = _single_id_as_list(data)
     config = to_dataclass(data, DATASET_SCHEMAS[name], "dataset")
     empty = []
     if getattr(config, "ids", None) is not None and len(config.ids) == 0:
@@ -467,10 +478,20 @@ def _validate_reference(node: Any) -> Optional[Dict[str, Any]]:
     if reference:
         from benchmark.tables import published_numbers
 
-        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric", "model"}:
+        if not isinstance(reference, Mapping) or set(reference) - {"method", "dataset", "metric", "model", "extract", "n_images"}:
             raise ConfigError(
-                f"'reference' must be {{method: ..., dataset: ..., metric: (optional), model: (optional)}}, got {reference!r}"
+                f"'reference' must be {{method: ..., dataset: ..., metric: (optional), model: (optional), "
+                f"extract: (optional), n_images: (optional)}}, got {reference!r}"
             )
+        extract, keys = reference.get("extract"), [f.name for f in dataclasses.fields(ExtractionConfig)]
+        if extract is not None and (not isinstance(extract, Mapping) or set(extract) - set(keys)):
+            raise ConfigError(
+                f"reference.extract must map method.extract keys ({', '.join(keys)}) to the values the "
+                f"published numbers used, got {extract!r}"
+            )
+        n_images = reference.get("n_images")
+        if n_images is not None and (isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1):
+            raise ConfigError(f"reference.n_images must be a positive image count (or absent), got {n_images!r}")
         try:
             published_numbers(reference)  # a missing entry fails now, not after the last image
         except KeyError as err:

@@ -40,29 +40,67 @@ def field_docs(schema: type) -> Dict[str, str]:
     return docs
 
 
-def key_docs(validated: Any) -> Dict[str, str]:
-    """Dotted config key -> description for every section of a validated config."""
-    from benchmark.config import LoggerConfig
+def section_schemas(cfg: Any) -> Dict[str, List[type]]:
+    """Config section -> the dataclasses its keys are validated against, found from the
+    composed config's names (``dataset.name``, ``method.name``, ``metric.name``) without
+    validating it: ``--help`` describes a config that would be refused at run time too. A
+    section whose name is unknown (or whose plugin fails to import) is left out."""
+    from benchmark.config import LoggerConfig, _method_task_by_name
+    from benchmark.data import DATASET_SCHEMAS
+    from benchmark.metrics import METRICS, get_metric
+    from benchmark.models import ModelConfig
     from benchmark.schema import CacheConfig, ExtractionConfig, RunConfig
+    from methods import METHODS, get_method
 
-    sections = {
-        "dataset": [type(validated.dataset)],
-        "model": [type(validated.model)],
-        "method": [validated.method.cls.Params, validated.method.cls.Settings],
-        "method.extract": [ExtractionConfig],
-        "metric": [validated.metric.cls.Params],
-        "logger": [LoggerConfig],
-        "run": [RunConfig],
-        "cache": [CacheConfig],
+    def name_of(section: str, default: str = "") -> str:
+        node = cfg.get(section) if hasattr(cfg, "get") else None
+        value = node.get("name", default) if hasattr(node, "get") else default
+        return value if isinstance(value, str) else ""
+
+    sections: Dict[str, List[type]] = {
+        "model": [ModelConfig], "method.extract": [ExtractionConfig], "logger": [LoggerConfig],
+        "run": [RunConfig], "cache": [CacheConfig],
     }
+    if name_of("dataset") in DATASET_SCHEMAS:
+        sections["dataset"] = [DATASET_SCHEMAS[name_of("dataset")]]
+    if name_of("method") in METHODS:
+        try:
+            cls = get_method(name_of("method"))
+            sections["method"] = [cls.Params, cls.Settings]
+        except (ImportError, TypeError):  # a broken plugin: the problems list says so
+            pass
+    metric = name_of("metric", "auto")
+    if metric == "auto":  # as benchmark.config.validate_metric resolves it
+        task = _method_task_by_name(cfg.get("method"))
+        metric = "hungarian_image" if task == "unsupervised" else "miou"
+    if metric in METRICS:
+        sections["metric"] = [get_metric(metric).Params]
+    return sections
+
+
+def key_docs(cfg: Any) -> Dict[str, str]:
+    """Dotted config key -> description for every section of a composed config
+    (:func:`section_schemas`)."""
     out: Dict[str, str] = {}
-    for prefix, schemas in sections.items():
+    for prefix, schemas in section_schemas(cfg).items():
         for schema in schemas:
             for name, doc in field_docs(schema).items():
                 out[f"{prefix}.{name}"] = doc
     out.setdefault("method.grid", "in-run grid: key -> list of values, all scored on the same diffusion pass")
-    out.setdefault("reference", "experiments: {method, dataset[, metric]} whose published numbers are shown beside measured")
+    out.setdefault("reference", "experiments: {method, dataset[, metric, model, extract, n_images]} whose published "
+                   "numbers are shown beside comparable runs")
     return out
+
+
+def config_problems(cfg: Any) -> List[str]:
+    """What ``benchmark.config.validate`` would refuse in ``cfg`` (empty: nothing)."""
+    from benchmark.config import ConfigError, validate
+
+    try:
+        validate(cfg)
+    except ConfigError as err:
+        return [str(p) for p in (getattr(err, "problems", None) or [err])]
+    return []
 
 
 def _flat(node: Any, prefix: str = "") -> List[tuple]:
@@ -79,10 +117,9 @@ def help_text(overrides: Sequence[str] = (), width: int = 100) -> str:
 
     from benchmark.__main__ import CONF_DIR, GROUPS, group_options
     from benchmark.compose import compose_config
-    from benchmark.config import validate
 
     cfg = compose_config(list(overrides))
-    docs = key_docs(validate(cfg))
+    docs = key_docs(cfg)
     help_cfg = OmegaConf.load(CONF_DIR / "config.yaml").hydra.help
     lines = [str(help_cfg.header).rstrip(), "", "== Config groups (choose with group=option) =="]
     for group in GROUPS:
@@ -96,11 +133,17 @@ def help_text(overrides: Sequence[str] = (), width: int = 100) -> str:
         if doc:
             lines += textwrap.wrap(doc, width=width, initial_indent="    ", subsequent_indent="    ")
     lines += ["", str(help_cfg.footer).rstrip()]
+    problems = config_problems(cfg)
+    if problems:  # the help above still describes every key; say what a run would refuse
+        lines += ["", "== This config would be refused at run time (fix these keys to run it) =="]
+        lines += [f"  - {p}" for p in problems]
     return "\n".join(lines) + "\n"
 
 
 def print_help(overrides: Sequence[str] = ()) -> None:
-    """Print :func:`help_text`; a bad override prints its error instead (exit status 2)."""
+    """Print :func:`help_text` (exit status 0), the problems a run of this config would be
+    refused for listed after it. Only an override that cannot be composed (an unknown group
+    option, bad override syntax) prints its error instead (exit status 2)."""
     try:
         text = help_text(overrides)
     except Exception as err:  # noqa: BLE001 - a config error of the overrides: say it, no traceback

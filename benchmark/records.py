@@ -9,8 +9,9 @@ stored sparsely (flat index + value), from which every total can be recomputed e
 A damaged line anywhere in a records file (bytes that are not UTF-8 JSON, or JSON that is
 not a record) costs only its own image: every valid record is kept, a warning names the
 file and the line numbers, the owning process moves the bad lines to
-``records.rank<r>.jsonl.corrupt`` when it reopens the file, and the images without a valid
-record are computed again. A damaged header is different: without it no record of the
+``records.rank<r>.jsonl.corrupt`` and rewrites the file without them (atomically) when it
+resumes, also when no image is left to compute, and the images without a valid record are
+computed again. A damaged header is different: without it no record of the
 file can be checked against the configuration, so reading fails naming the file.
 """
 from __future__ import annotations
@@ -108,6 +109,8 @@ class RecordStore:
         self.fingerprint = fingerprint
         self.path = self.run_dir / f"records.rank{rank}.jsonl"
         self._fh = None
+        #: records files read with damaged lines (open() repairs this rank's own)
+        self._damaged: set = set()
 
     # -- reading ---------------------------------------------------------------------------
     @staticmethod
@@ -139,9 +142,10 @@ class RecordStore:
         # a damaged last line without its newline is the line in flight when the run was killed
         return header, records, bad, bool(bad) and bad[-1] == last + 1 and not data.endswith(b"\n")
 
-    @classmethod
-    def _read_file(cls, path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord]]:
-        header, records, bad, tail = cls._parse(path)
+    def _read_file(self, path: Path) -> Tuple[Optional[Dict[str, Any]], Dict[str, ImageRecord]]:
+        header, records, bad, tail = self._parse(path)
+        if bad:
+            self._damaged.add(Path(path))
         if bad and header is None and records:
             raise RunMismatchError(
                 f"{path}: the header line is damaged (line(s) {_numbers(bad)} unreadable), so its records cannot be "
@@ -177,8 +181,12 @@ class RecordStore:
     # -- writing ---------------------------------------------------------------------------
     def open(self) -> None:
         """Ready to append. The file itself is created by the first record, so a run that
-        stops before its first image writes nothing into the run directory."""
+        stops before its first image writes nothing into the run directory. A file of this
+        configuration read with damaged lines is repaired now (:meth:`repair`), even when no
+        image is left to compute, so its warning is not repeated by every later run."""
         self._pending = True
+        if self.path in self._damaged and self.path.is_file() and self._parse(self.path)[0] == self.fingerprint:
+            self.repair()
 
     def _open_file(self) -> None:
         with naming_path(self.path, "records file"):
@@ -188,36 +196,34 @@ class RecordStore:
                 header, recs = self._read_file(self.path)
                 new = not recs and header != self.fingerprint  # a header-only file of another config
             if not new:
-                self._drop_damaged_lines()
-                self._repair_tail()
+                self.repair()
             self._fh = open(self.path, "w" if new else "a", encoding="utf-8")
         if new:
             self._write({"kind": HEADER_KIND, "fingerprint": self.fingerprint})
 
-    def _drop_damaged_lines(self) -> None:
-        """Move damaged lines (not a truncated last one) to ``<file>.corrupt`` and rewrite the
-        file without them, so the records appended next follow valid lines only."""
+    def repair(self) -> None:
+        """Rewrite the file without its damaged lines, atomically (temp file + rename: a crash
+        leaves the old file or the new one). Damaged lines before the last are moved to
+        ``<file>.corrupt``; a truncated last line (the record in flight when a run was killed)
+        is dropped. Every valid line is kept, in order. A clean file is left untouched."""
+        with naming_path(self.path, "records file"):
+            data = self.path.read_bytes()
         _, _, bad, tail = self._parse(self.path)
-        middle = set(bad[:-1] if tail else bad)
-        if not middle:
+        if not bad and (not data or data.endswith(b"\n")):
+            self._damaged.discard(self.path)
             return
-        lines = self.path.read_bytes().split(b"\n")
-        kept = b"\n".join(line for n, line in enumerate(lines) if n + 1 not in middle)
-        dropped = b"".join(lines[n - 1] + b"\n" for n in sorted(middle))
-        corrupt = self.path.with_name(self.path.name + ".corrupt")
-        with naming_path(corrupt, "damaged record lines"), open(corrupt, "ab") as fh:
-            fh.write(dropped)
-        atomic_write_bytes(self.path, kept)
-        log.warning("%s: moved %d damaged line(s) to %s", self.path, len(middle), corrupt)
-
-    def _repair_tail(self) -> None:
-        """Cut a partial last line so appended records start on a line of their own."""
-        with open(self.path, "rb+") as fh:
-            data = fh.read()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                fh.seek(cut)
-                fh.truncate()
+        middle = set(bad[:-1] if tail else bad)
+        dropped = middle | ({bad[-1]} if tail else set())
+        lines = data.split(b"\n")
+        # a valid last line without its newline is kept (and gets one)
+        kept = [line for n, line in enumerate(lines) if n + 1 not in dropped and line.strip()]
+        if middle:
+            corrupt = self.path.with_name(self.path.name + ".corrupt")
+            with naming_path(corrupt, "damaged record lines"), open(corrupt, "ab") as fh:
+                fh.write(b"".join(lines[n - 1] + b"\n" for n in sorted(middle)))
+            log.warning("%s: moved %d damaged line(s) to %s", self.path, len(middle), corrupt)
+        atomic_write_bytes(self.path, b"".join(line + b"\n" for line in kept))
+        self._damaged.discard(self.path)
 
     def _write(self, row: Dict[str, Any]) -> None:
         if self._fh is None and getattr(self, "_pending", False):

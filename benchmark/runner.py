@@ -114,7 +114,33 @@ class Runner:
         self.fp = fingerprint(self.v)
         self.store = RecordStore(self.run_dir, self.fp, rank=self.rank)
         self.done = self.store.load_all() if self.v.run.resume else {}
+        self.model = self._checked_model()
         self._checked = True
+
+    def _todo(self) -> List[int]:
+        """Indices (into ``dataset.ids``) of this rank's images without an "ok" record; an image
+        skipped by an earlier run (dataset.on_error=skip) is tried again: its file may be fixed now."""
+        ids = list(self.dataset.ids)
+        mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
+        return [i for i in mine if ids[i] not in self.done or self.done[ids[i]].status != "ok"]
+
+    def _checked_model(self):
+        """The (lazily loaded) model when images are left to compute, after checking that it
+        can serve the method's request at ``method.extract.image_size`` (input size, attention
+        sides, sides the user named, feature modules: ``LazyModel.check_request``, no weights
+        read); None when the method needs no diffusion or nothing is left to compute."""
+        if not self.method.needs_diffusion or not self._todo():
+            return None
+        from benchmark.models import LazyModel
+
+        model = LazyModel(self.v.model)  # weights load on the first cache miss
+        try:
+            model.check_request(self.request, self.v.method.extract.image_size, self.explicit_sides)
+        except ValueError as err:
+            if is_user_error(err):
+                raise
+            raise ConfigError(error_message(err)) from err
+        return model
 
     def _check_selection(self) -> None:
         """An empty image selection is a config error, not an empty table."""
@@ -155,6 +181,7 @@ class Runner:
         if getattr(v.method.settings, "candidates", None) == "clip" or getattr(v.method.settings, "captioner", "none") != "none":
             self._clip_filter()  # loads CLIP and/or the captioner now: fail at start if absent
         self.request = None
+        self.explicit_sides: List[Any] = []  # sides the user named: checked against the model at start
         if self.method.needs_diffusion:
             request = None
             for p in v.method.points:
@@ -165,6 +192,10 @@ class Runner:
                         raise
                     raise ConfigError(error_message(err)) from err
                 request = r if request is None else request.union(r)
+                explicit = getattr(self.method, "explicit_sides", None)  # plugins without the Method base
+                for entry in (explicit(p) if explicit else ()):
+                    if entry not in self.explicit_sides:
+                        self.explicit_sides.append(entry)
             self.request = request
 
     def _void_value(self):
@@ -228,8 +259,7 @@ class Runner:
             distributed.barrier()  # no rank may append before the old records are moved
         ids = list(self.dataset.ids)
         mine = [i for i in range(len(ids)) if i % self.world_size == self.rank]
-        # an image skipped by an earlier run (dataset.on_error=skip) is tried again: its file may be fixed now
-        todo = [i for i in mine if ids[i] not in done or done[ids[i]].status != "ok"]
+        todo = self._todo()
         if done:
             retried = sum(1 for i in todo if ids[i] in done)
             log.info(
@@ -239,15 +269,7 @@ class Runner:
 
         model = cache = None
         if todo and self.method.needs_diffusion:
-            from benchmark.models import LazyModel
-
-            model = LazyModel(v.model)  # weights load on the first cache miss
-            try:  # what the model lacks (input size, attention sides, modules) fails now
-                model.check_request(self.request, v.method.extract.image_size)
-            except ValueError as err:
-                if is_user_error(err):
-                    raise
-                raise ConfigError(error_message(err)) from err
+            model = self.model  # checked at start (check()): input size, attention sides, modules
             if v.cache.dir:
                 from benchmark.attention.cache import AttentionCache
 
@@ -417,7 +439,8 @@ class Runner:
             "oracle_keys": [k for k in v.method.grid_keys if k in getattr(v.method.cls, "oracle_keys", ())],
             "image_ids": sorted(r.image_id for r in ok),
         }
-        payload["protocol"] = run_protocol(v, v.method.cls, len(ok), len(self.dataset.ids))
+        payload["protocol"] = run_protocol(v, v.method.cls, len(ok), len(self.dataset.ids),
+                                           getattr(self.dataset, "expected_count", None))
         payload["published"], payload["published_withheld"] = self._published(payload["protocol"])
         if payload["random_weights"]:
             payload["note"] = "pipeline check: random-weight model, numbers are not results"

@@ -36,13 +36,30 @@ def published_numbers(reference: Optional[Mapping[str, Any]], path: Path = PAPER
 #: run properties a published entry's ``protocol`` may require, and how to say a mismatch
 PROTOCOL_KEYS = ("candidates", "bg_protocol")
 
+#: a run whose evaluated image count is within this fraction of the published count (rounded
+#: down: 7 images of VOC's 1449, 25 of Context's 5105, 10 of COCO-Stuff-27's 2175) has the
+#: full split: the usual Pascal Context conversion yields 5104 of the published 5105 images
+FULL_SPLIT_TOLERANCE = 0.005
 
-def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dict[str, Any]:
+
+def full_split_tolerance(published_count: int) -> int:
+    """Images a run may lack (or have extra) and still count as the published split."""
+    return int(published_count * FULL_SPLIT_TOLERANCE)
+
+
+def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int,
+                 published_count: Optional[int] = None) -> Dict[str, Any]:
     """The properties of a run that decide whether published numbers are comparable:
-    method, dataset, metric, the method's own protocol (candidate mode, background
-    protocol: ``method_cls.protocol(settings)``) and whether the full split was evaluated."""
+    method, dataset, metric, model, the extraction settings (``method.extract``, diffusion
+    methods only), the method's own protocol (candidate mode, background protocol:
+    ``method_cls.protocol(settings)``) and whether the full split was evaluated:
+    ``n_images`` evaluated of the ``n_expected`` selected, ``published_count`` the split's
+    published image count (``dataset.expected_count`` of the built dataset; None: unknown)."""
     out: Dict[str, Any] = {"method": v.method.name, "dataset": v.dataset.name, "metric": v.metric.name,
                            "model": getattr(v.model, "name", None)}
+    if getattr(method_cls, "needs_diffusion", True):
+        out["extract"] = dataclasses.asdict(v.method.extract)
+    out["n_images"], out["published_count"] = n_images, published_count
     protocol = getattr(method_cls, "protocol", None)
     if protocol is not None:
         out.update(protocol(v.method.settings))
@@ -63,16 +80,28 @@ def run_protocol(v: Any, method_cls: Any, n_images: int, n_expected: int) -> Dic
 
 
 def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run: Mapping[str, Any]) -> List[str]:
-    """Why the published ``entry`` (of ``reference = {method, dataset, metric, model}``) is not
-    comparable with a run (``run_protocol``); empty = comparable. Compared: method, dataset,
-    metric, model (the checkpoint the experiment names), the entry's ``protocol`` keys (candidate mode: ``gt`` is an oracle of another
-    setting; background protocol), the split (the dataset config's default, its evaluation
-    split: ``dataset.split=train`` is not comparable) and the full split (a ``dataset.ids``/``limit`` subset or
-    skipped images are not the published split)."""
+    """Why the published ``entry`` (of ``reference = {method, dataset, metric, model, extract,
+    n_images}``) is not comparable with a run (``run_protocol``); empty = comparable.
+    Compared: method, dataset, metric, model (the checkpoint the experiment names), the
+    extraction settings of the experiment's preset (every key of ``reference.extract``, the
+    experiment file's own ``method.extract`` block: image size, timestep, noise, ...), the entry's
+    ``protocol`` keys (candidate mode: ``gt`` is an oracle of another setting; background
+    protocol), the split (the dataset config's default, its evaluation split:
+    ``dataset.split=train`` is not comparable) and the full split (a ``dataset.ids``/``limit``
+    subset or skipped images are not the published split, nor a split whose image count is
+    off the published one, ``reference.n_images`` or the dataset's, by more than
+    ``FULL_SPLIT_TOLERANCE``)."""
     reasons = []
     for key in ("method", "dataset", "metric", "model"):
         if reference.get(key) is not None and run.get(key) is not None and reference[key] != run[key]:
             reasons.append(f"published for {key}={reference[key]}, this run has {key}={run[key]}")
+    ran = run.get("extract") or {}
+    for key, preset in (reference.get("extract") or {}).items():
+        if key in ran and ran[key] != preset:
+            reasons.append(
+                f"published with method.extract.{key}={preset!r} (the experiment's preset), "
+                f"this run has method.extract.{key}={ran[key]!r}"
+            )
     wanted = entry.get("protocol") or {}
     for key in PROTOCOL_KEYS:
         if key in wanted:
@@ -86,6 +115,16 @@ def withheld_reasons(reference: Mapping[str, Any], entry: Mapping[str, Any], run
         reasons.append(f"published on the {run['published_split']} split, this run has dataset.split={run.get('split')}")
     if run.get("subset"):
         reasons.append(f"published on the full split, this run is a subset: {run['subset']}")
+    else:
+        published = reference.get("n_images") or run.get("published_count")
+        n = run.get("n_images")
+        if published and n is not None and abs(n - published) > full_split_tolerance(published):
+            tol = full_split_tolerance(published)
+            reasons.append(
+                f"published on the {published} images of the full split, this run evaluated {n} (the split as found "
+                f"holds {n}; within {FULL_SPLIT_TOLERANCE:.1%} = {tol} image{'' if tol == 1 else 's'} of the "
+                "published count is the full split)"
+            )
     return reasons
 
 

@@ -35,6 +35,20 @@ class Sample:
 
 
 @dataclass(frozen=True)
+class ExplicitSides:
+    """Attention sides a user named in a config key (``method.sa_resolutions=[32,16]``).
+
+    Unlike the sides a method derives from the input size (fitted to the model's grids by
+    ``benchmark.models.diffusion.fit_request``), these must exist as asked: a model without
+    attention at one of them is refused at start (``check_explicit_sides``), naming ``key``.
+    ``kind``: "self" or "cross"; ``sides``: side lengths as the user gave them."""
+
+    key: str
+    kind: str
+    sides: Tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class AttentionRequest:
     """What a method needs captured during the diffusion pass.
 

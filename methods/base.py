@@ -23,7 +23,7 @@ from typing import Any, ClassVar, List, Sequence
 import torch
 
 from benchmark.registry import did_you_mean
-from benchmark.types import AttentionMaps, AttentionRequest, PromptQuery, SegmentContext
+from benchmark.types import AttentionMaps, AttentionRequest, ExplicitSides, PromptQuery, SegmentContext
 
 
 #: input side in px when a method is built without an extraction config (SD 1.x/2.x-base)
@@ -72,6 +72,12 @@ class Method:
 
     def attention_request(self, params: Any) -> AttentionRequest:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def explicit_sides(self, params: Any) -> Sequence[ExplicitSides]:
+        """Sides of ``attention_request(params)`` that the user named in a config key: the
+        run refuses at start a model that lacks one of them (default sides are fitted to
+        the model silently). Default: none."""
+        return ()
 
     def queries(self, ctx: SegmentContext) -> List[PromptQuery]:
         """Default: one pass conditioned on the configured prompt (the empty prompt)."""

@@ -81,6 +81,7 @@ class DiffSegSemanticSettings(CandidateFilterSettings):
     #: caption source: file (captions in method.candidates_file: {id: {"caption": ...}})
     #: | clip (the CLIP filter with method.captioner=blip; needs local weights)
     candidates: str = "file"
+    #: JSON {image_id: {"caption": ...}} of the captions (needed with candidates=file)
     candidates_file: Optional[str] = None
     #: nouns may name: all (every dataset class, as the official labelling uses every
     #: caption noun) | candidates (only the image's candidate classes of the file / filter)

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.attention.layers import LAYER_SELECTIONS
-from benchmark.types import AttentionMaps, AttentionRequest, SegmentContext
+from benchmark.types import AttentionMaps, AttentionRequest, ExplicitSides, SegmentContext
 
 from .attention_ops import OneEntryMemo, minmax, resize_maps, standard_self_resolutions
 from .base import check_choice, user_error
@@ -690,6 +690,20 @@ class SeeDiff(OpenVocabularyMethod):
         if params.stage == "caa" and params.caa_sides == "all":
             return sorted(standard_self_resolutions(self.image_size))
         return [self.ca_side(params)]
+
+    def explicit_sides(self, params: SeeDiffParams) -> List[ExplicitSides]:
+        """The sides this point reads that the user gave (``method.sa_resolutions``,
+        ``ca_sa_side``, ``ca_resolution``): a model without attention at one of them is
+        refused at start. The defaults (null: derived from the input size) are fitted to the
+        model's grids instead (the SDXL family has none at the latent side)."""
+        out = []
+        if params.stage == "ca_sa" and params.ca_sa_side is not None:
+            out.append(ExplicitSides("method.ca_sa_side", "self", (int(params.ca_sa_side),)))
+        elif params.sa_resolutions is not None and params.stage != "caa":
+            out.append(ExplicitSides("method.sa_resolutions", "self", tuple(self.self_sides(params))))
+        if params.ca_resolution is not None and not (params.stage == "caa" and params.caa_sides == "all"):
+            out.append(ExplicitSides("method.ca_resolution", "cross", (int(params.ca_resolution),)))
+        return out
 
     def attention_request(self, params: SeeDiffParams) -> AttentionRequest:
         self.check_sides(params)

@@ -87,5 +87,8 @@ def test_seediff_default_sides_on_tiny_sdxl_expand_over_the_captured_sides(tmp_p
             "method.extract.image_size=256", "method.candidates=gt"]
     out = run_benchmark(compose_config(args), tmp_path / "run")
     assert out.payload["n_images"] == 1
-    with pytest.raises(Exception, match=r"method.sa_resolutions: self-attention sides \[32\] were not captured"):
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"method.sa_resolutions: self-attention side\(s\) \[8, 16, 32\] requested, "
+                                          r"but model 'tiny_sdxl' has no attention at \[32\]"):  # at start
         run_benchmark(compose_config(args + ["method.sa_resolutions=[8,16,32]"]), tmp_path / "run2")

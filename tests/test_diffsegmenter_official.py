@@ -256,7 +256,9 @@ def test_voc21_preset_runs_end_to_end_with_the_official_candidates_file(tmp_path
         ["experiment=diffsegmenter_voc21", "model=tiny", f"dataset.root={tmp_path / 'voc'}", "dataset.num_workers=0",
          "method.candidates=file", f"method.candidates_file={path}", "method.captioner=none",
          "method.extract.image_size=128", "run.progress=false",
-         "reference.model=tiny"],  # the comparison path itself (a model other than sd15 withholds them)
+         # the comparison path itself: a model other than sd15, another image size or a 3-image
+         # split (VOC val: 1449) withholds them
+         "reference.model=tiny", "reference.extract.image_size=128", "reference.n_images=3"],
         tmp_path / "run",
     )
     p = out.payload
@@ -400,6 +402,93 @@ def test_run_protocol_of_composed_presets_names_why_numbers_are_withheld():
     reasons = withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 5100, 5105))
     assert len(reasons) == 1 and "5100 of 5105 images" in reasons[0]
 
+
+
+def test_published_numbers_are_withheld_beside_a_short_split():
+    """Leftover item 1: a 3-image split showed VOC's published numbers (only a log warning)."""
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+    from benchmark.tables import full_split_tolerance, published_numbers, run_protocol, withheld_reasons
+
+    v = validate(compose_config(["experiment=diffsegmenter_voc21", "method.candidates=file",
+                                 "method.candidates_file=x.json", "method.captioner=none", "method.caption_prompt=false"]))
+
+    def reasons(n, published):
+        return withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, n, n, published))
+
+    assert reasons(1449, 1449) == [] and reasons(1449, None) == []
+    short = reasons(3, 1449)
+    assert len(short) == 1 and "published on the 1449 images of the full split, this run evaluated 3" in short[0]
+    assert "0.5% = 7 images" in short[0]
+    assert full_split_tolerance(1449) == 7 and reasons(1442, 1449) == [] and len(reasons(1441, 1449)) == 1
+    # Context's usual conversion (5104 of the published 5105) is the full split
+    ctx = validate(compose_config(["experiment=diffsegmenter_context60", "method.candidates=file",
+                                   "method.candidates_file=x.json", "method.captioner=none", "method.caption_prompt=false"]))
+    assert withheld_reasons(ctx.reference, published_numbers(ctx.reference),
+                            run_protocol(ctx, ctx.method.cls, 5104, 5104, 5105)) == []
+    # a subset says so once (not also as a short split)
+    sub = validate(compose_config(["experiment=diffseg_cocostuff27", "dataset.limit=4"]))
+    got = withheld_reasons(sub.reference, published_numbers(sub.reference), run_protocol(sub, sub.method.cls, 4, 4, 2175))
+    assert len(got) == 1 and "dataset.limit=4" in got[0]
+
+
+@pytest.mark.parametrize("override, key, preset, value", [
+    ("method.extract.timestep=200", "timestep", "300", "200"),
+    ("method.extract.image_size=768", "image_size", "512", "768"),
+    ("method.extract.noise=true", "noise", "False", "True"),
+    ("method.extract.latent=sample", "latent", "'mean'", "'sample'"),
+])
+def test_published_numbers_are_withheld_beside_other_extraction_settings(override, key, preset, value):
+    """Leftover item 2: extraction overrides of the experiment's preset showed the paper's numbers."""
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+    from benchmark.tables import published_numbers, run_protocol, withheld_reasons
+
+    def reasons(overrides):
+        v = validate(compose_config(["experiment=diffseg_cocostuff27"] + overrides))
+        return withheld_reasons(v.reference, published_numbers(v.reference), run_protocol(v, v.method.cls, 2175, 2175, 2175))
+
+    assert reasons([]) == [] and reasons(["method.extract.seed=3"]) == []
+    assert reasons([override]) == [
+        f"published with method.extract.{key}={preset} (the experiment's preset), this run has method.extract.{key}={value}"
+    ]
+    # post-processing (an in-run grid, or a single value) is not extraction: still comparable
+    assert reasons(["method.grid.kl_threshold=[0.9,1.1]", "method.merge_iterations=2"]) == []
+
+
+def test_every_experiment_with_published_numbers_names_its_extraction_settings():
+    """reference.extract is the experiment file's own method.extract block (a YAML alias): the
+    composed preset equals it, so an unchanged preset stays comparable."""
+    import dataclasses
+
+    import yaml
+
+    from benchmark.compose import compose_config
+    from benchmark.config import validate
+
+    experiments = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*.yaml")
+                         if "reference" in (yaml.safe_load(p.read_text()) or {}))
+    assert len(experiments) == 11
+    for name in experiments:
+        extra = ["method.candidates=file", "method.candidates_file=x.json", "method.captioner=none",
+                 "method.caption_prompt=false"] if name.startswith("diffsegmenter") else []
+        v = validate(compose_config([f"experiment={name}"] + extra))
+        ref = v.reference["extract"]
+        assert {"image_size", "timestep", "noise", "latent"} <= set(ref), name
+        assert {k: dataclasses.asdict(v.method.extract)[k] for k in ref} == ref, name
+    # an override changes the run, not the reference
+    moved = validate(compose_config(["experiment=diffcut_voc21", "method.extract.timestep=7"]))
+    assert moved.method.extract.timestep == 7 and moved.reference["extract"]["timestep"] == 50
+
+
+def test_reference_extract_keys_are_checked_at_start():
+    from benchmark.compose import compose_config
+    from benchmark.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match=r"reference.extract must map method.extract keys"):
+        validate(compose_config(["experiment=diffseg_cocostuff27", "+reference.extract.timesteps=3"]))
+    with pytest.raises(ConfigError, match=r"reference.n_images must be a positive image count"):
+        validate(compose_config(["experiment=diffseg_cocostuff27", "+reference.n_images=0"]))
 
 
 def test_published_numbers_are_withheld_beside_another_split():

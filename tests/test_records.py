@@ -56,6 +56,48 @@ def test_garbage_lines_in_the_middle_keep_every_valid_record(tmp_path, caplog):
     assert "damaged" not in caplog.text and len(_image_lines(damaged / "records.rank0.jsonl")) == 4
 
 
+@pytest.mark.parametrize("damage", ["middle", "tail"])
+def test_damaged_file_is_rewritten_when_no_image_needs_recomputing(tmp_path, caplog, damage):
+    """Leftover item 4: with every image recorded, the damaged file was never rewritten and
+    every later run repeated the warning."""
+    args = _predictions_run(tmp_path)
+    fresh = run_with_overrides(args, tmp_path / "run")
+    records = tmp_path / "run" / "records.rank0.jsonl"
+    lines = records.read_bytes().split(b"\n")
+    if damage == "middle":  # garbage between valid records (every image keeps its record)
+        records.write_bytes(b"\n".join(lines[:3] + GARBAGE + lines[3:]))
+    else:  # a partial duplicate record, cut mid-line
+        records.write_bytes(records.read_bytes() + lines[2][:25])
+    with caplog.at_level(logging.WARNING, logger="benchmark.records"):
+        again = run_with_overrides(args, tmp_path / "run")
+    assert again.passes_this_run == 0 and again.payload["results"] == fresh.payload["results"]
+    assert ("line(s) 4, 5, 6 are damaged" if damage == "middle" else "truncated last record") in caplog.text
+    assert records.read_bytes() == b"\n".join(lines)  # every valid record kept, in order, nothing else
+    corrupt = records.with_name(records.name + ".corrupt")
+    assert corrupt.read_bytes() == b"\n".join(GARBAGE) + b"\n" if damage == "middle" else not corrupt.exists()
+    assert not list(records.parent.glob("*.tmp*"))  # atomic: no temporary file left behind
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="benchmark.records"):
+        run_with_overrides(args, tmp_path / "run")
+    assert caplog.text == ""
+
+
+def test_valid_last_record_without_its_newline_is_kept(tmp_path):
+    from benchmark.records import RecordStore
+
+    args = _predictions_run(tmp_path)
+    run_with_overrides(args, tmp_path / "run")
+    records = tmp_path / "run" / "records.rank0.jsonl"
+    whole = records.read_bytes()
+    records.write_bytes(whole[:-1] + b"\n" + b"[1]" + b"\n" + whole.split(b"\n")[1])  # garbage, then a record cut before its newline
+    header = json.loads(whole.split(b"\n")[0])["fingerprint"]
+    store = RecordStore(tmp_path / "run", header)
+    assert len(store.load_all()) == 4
+    store.open()
+    store.close()
+    assert records.read_bytes() == whole + whole.split(b"\n")[1] + b"\n"
+
+
 def test_damaged_header_is_refused_naming_the_file(tmp_path):
     args = _predictions_run(tmp_path)
     run_with_overrides(args, tmp_path / "run")

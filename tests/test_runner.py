@@ -235,6 +235,33 @@ def test_experiment_withholds_published_numbers_from_non_comparable_runs(tmp_pat
     assert kmeans.payload["published"] == {}
 
 
+def test_short_split_and_extraction_overrides_withhold_published_numbers_in_the_table(tmp_path):
+    """Leftover items 1-2: the whole (3-image) fixture split is not VOC val's 1449 images, and
+    an image size or timestep other than the preset's is not the published protocol."""
+    import dataset_layouts as layouts
+
+    layouts.write_voc(tmp_path / "data", config="voc20_diffcut")
+    common = ["experiment=diffcut_voc21", "model=tiny_sdxl", "model.dtype=fp32", f"dataset.root={tmp_path / 'data'}",
+              "dataset.resolution=64", "dataset.num_workers=0", "method.extract.image_size=64", "method.mask_size=16",
+              "method.pamr_iterations=2", "run.progress=false", "run.report=false", "reference.model=tiny_sdxl"]
+    out = run_with_overrides(common + ["method.extract.timestep=100"], tmp_path / "run")
+    p = out.payload
+    assert p["n_images"] == 3 and p["published"] == {} and p["protocol"]["subset"] is None
+    assert p["protocol"]["published_count"] == 1449
+    table = (tmp_path / "run" / "table.md").read_text()
+    reasons = ["published on the 1449 images of the full split, this run evaluated 3",
+               "published with method.extract.image_size=1024 (the experiment's preset), this run has "
+               "method.extract.image_size=64",
+               "published with method.extract.timestep=50 (the experiment's preset), this run has "
+               "method.extract.timestep=100"]
+    for reason in reasons:
+        assert reason in table and any(reason in r for r in p["published_withheld"])
+    assert len(p["published_withheld"]) == 3
+    # with the reference told this split and size (as a comparable run would have them), the numbers show
+    shown = run_with_overrides(common + ["reference.n_images=3", "reference.extract.image_size=64"], tmp_path / "shown")
+    assert shown.payload["published_withheld"] == [] and shown.payload["published"]
+
+
 def test_reference_without_published_entry_fails_at_start():
     from benchmark.config import ConfigError
 

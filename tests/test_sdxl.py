@@ -239,3 +239,56 @@ def test_sd2_768_layout_and_v_prediction_generation(tmp_path):
     eps_images, _ = eps_model.generate([PromptQuery("a photo of a dog", "dog")], AttentionRequest((8,), (8,)), extract)
     assert images[0].shape == (3, 64, 64) and maps[0].self_attn[8].shape == (1, 64, 64)
     assert not torch.equal(images[0], eps_images[0])  # the prediction type changes the denoising
+
+# -- leftover item 3: sides the user named that the model lacks are refused at start -------------
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory):
+    from benchmark.models.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("xl") / "tiny_sdxl", name="tiny_sdxl")
+
+
+XL_SEEDIFF = ["method=seediff", "model=tiny_sdxl", "dataset=synthetic", "dataset.n_images=2",
+              "method.extract.image_size=128", "run.progress=false", "run.report=false"]
+
+
+@pytest.mark.parametrize("override, key, asked", [
+    ("method.sa_resolutions=[4,8,16]", "method.sa_resolutions", "[4, 8, 16]"),
+    ("method.ca_resolution=16", "method.ca_resolution", "[16]"),
+    ("+method.grid.ca_sa_side=[8,16]", "method.ca_sa_side", "[16]"),
+])
+def test_explicit_sides_the_model_lacks_are_refused_before_any_image(tmp_path, monkeypatch, xl_folder, override, key,
+                                                                     asked):
+    """tiny_sdxl at 128 px (latent 16) has attention at 8 and 4 only; main refused these at the
+    first image (after loading the weights and a diffusion pass)."""
+    import benchmark.models.loading as loading
+    from benchmark.compose import run_with_overrides
+    from benchmark.config import ConfigError, is_user_error
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights loaded before the start-up check refused the config")
+
+    monkeypatch.setattr(loading, "load_model", no_weights)  # a saved folder loads lazily: the check reads its config
+    extra = ["method.stage=ca_sa"] if "ca_sa_side" in override else []
+    with pytest.raises(ConfigError) as err:
+        run_with_overrides(XL_SEEDIFF + [f"model.path={xl_folder}"] + extra + [override], tmp_path / "run")
+    message = str(err.value)
+    assert is_user_error(err.value)
+    assert message.startswith(f"{key}: ") and f"side(s) {asked} requested" in message
+    assert "'tiny_sdxl'" in message and "its attention sides there: [8, 4]" in message
+    assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())  # nothing written
+
+
+def test_default_sides_are_still_fitted_to_the_model_silently():
+    """sa_resolutions / ca_resolution null: the derived sides (16 = the latent side, which
+    the SDXL family lacks) are fitted to the model, as before; sides it has pass the check."""
+    from benchmark.compose import compose_config
+    from benchmark.runner import Runner
+
+    runner = Runner(compose_config(XL_SEEDIFF), "/nonexistent/run")
+    runner.check()  # no error
+    assert runner.explicit_sides == [] and 16 in runner.request.self_resolutions
+    given = Runner(compose_config(XL_SEEDIFF + ["method.sa_resolutions=[4,8]", "method.ca_resolution=4"]), "/nonexistent/run")
+    given.check()
+    assert [(e.key, e.kind, e.sides) for e in given.explicit_sides] == [
+        ("method.sa_resolutions", "self", (4, 8)), ("method.ca_resolution", "cross", (4,))]

@@ -93,6 +93,23 @@ def test_numbers_on_the_command_line_and_in_other_text_keys_are_refused():
     assert "'logger.group' expects text but was read as the number True (bool)" in str(err.value)
 
 
+def test_a_single_id_without_brackets_is_a_one_element_list():
+    """Leftover item 5: dataset.ids=<one id> failed with "AnyNode is not a ListConfig"."""
+    assert validate(compose_config(["dataset.ids=synthetic_000001"])).dataset.ids == ["synthetic_000001"]
+    assert validate(compose_config(['dataset.ids="00042"'])).dataset.ids == ["00042"]
+    assert validate(compose_config(["dataset.ids=000000165713"])).dataset.ids == ["000000165713"]
+    # the number checks still apply: Hydra reads 2008_000002 as the int 2008000002
+    for override, number in (("dataset.ids=2008_000002", 2008000002), ("dataset.ids=165713", 165713)):
+        with pytest.raises(ConfigError, match=rf"'dataset\.ids\[0\]' was read as the number {number} \(int\)"):
+            validate(compose_config([override]))
+
+
+def test_a_single_id_selects_that_image(tmp_path):
+    out = run_with_overrides(TINY[:2] + ["dataset.n_images=3", "dataset.ids=synthetic_000002"] + TINY[3:]
+                             + ["run.report=false"], tmp_path / "run")
+    assert out.payload["image_ids"] == ["synthetic_000002"]
+
+
 @pytest.mark.slow
 def test_numeric_id_on_the_cli_exits_2_naming_key_value_and_quoting():
     proc = _cli(["dataset.ids=[165713]"] + TINY[1:])

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,6 +107,26 @@ def fit_request(unet_config, request: AttentionRequest, latent_side: int, vae_fa
             )
         fitted[kind] = kept
     return dataclasses.replace(request, self_resolutions=fitted["self"], cross_resolutions=fitted["cross"])
+def check_explicit_sides(unet_config, latent_side: int, explicit: Sequence[Any], vae_factor: int, model_id: str) -> None:
+    """ValueError (a user error) when a side the user named (``ExplicitSides``: key, kind,
+    sides) is not one of this UNet's attention grids at ``latent_side``. ``fit_request``
+    fits the sides a method derives from the input size to the model; sides given
+    explicitly are refused instead, naming the key, the sides asked for and those the model
+    has, before any image is read."""
+    available = attention_sides(unet_config, latent_side)
+    for entry in explicit:
+        missing = [s for s in entry.sides if s not in available]
+        if missing:
+            err = ValueError(
+                f"{entry.key}: {entry.kind}-attention side(s) {list(entry.sides)} requested, but model {model_id!r} "
+                f"has no attention at {missing} with a {latent_side}x{latent_side} latent (method.extract.image_size="
+                f"{latent_side * vae_factor}); its attention sides there: {available}. Set {entry.key} to sides "
+                "it has, or null to follow the model"
+            )
+            err.user_error = True
+            raise err
+
+
 def _is_whole_words(text: str, first: int, last: int) -> bool:
     """Whether ``text[first:last]`` starts and ends at word boundaries (no letter or digit
     right before or right after it)."""

@@ -13,7 +13,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -261,23 +261,24 @@ class LazyModel:
                 raise ModelNotFoundError(f"model {self.cfg.name!r}: cannot read {path}: {err}") from err
         return configs[0], configs[1]
 
-    def check_request(self, request, image_size: int) -> None:
+    def check_request(self, request, image_size: int, explicit: Sequence[Any] = ()) -> None:
         """Fail at start when this model cannot serve ``request`` at ``image_size`` px: the side
         is not a multiple of the model's size multiple, no attention grid of a requested kind,
-        or a requested feature module that its UNet lacks (built on the meta device from the
+        a side the user named (``explicit``: ``ExplicitSides``) where it has no attention, or a
+        requested feature module that its UNet lacks (built on the meta device from the
         config: no weights read). The message names what the model has; it is a user error
         (``ConfigError``: printed alone, exit code 2), not a traceback."""
         from benchmark.config import ConfigError
 
         try:
-            self._check_request(request, image_size)
+            self._check_request(request, image_size, explicit)
         except ConfigError:
             raise
         except ValueError as err:
             raise ConfigError(str(err)) from None
 
-    def _check_request(self, request, image_size: int) -> None:
-        from benchmark.models.diffusion import fit_request
+    def _check_request(self, request, image_size: int, explicit: Sequence[Any] = ()) -> None:
+        from benchmark.models.diffusion import check_explicit_sides, fit_request
 
         unet_config, vae_config = self._configs()
         vae_factor = 2 ** (len(vae_config.get("block_out_channels", (0, 0, 0, 0))) - 1)
@@ -288,6 +289,7 @@ class LazyModel:
                 f"(VAE factor {vae_factor} x UNet downsampling)"
             )
         fit_request(unet_config, request, image_size // vae_factor, vae_factor, self.cfg.name)
+        check_explicit_sides(unet_config, image_size // vae_factor, explicit, vae_factor, self.cfg.name)
         if request.features:
             from benchmark.attention.features import resolve_feature
 
