@@ -15,12 +15,16 @@ Two loop orders compute the same sums in the same order (the matrix-product kern
 round differently for different chunk shapes: equal to ~1e-7):
 
 * ``per_head`` (default on the CPU, ``default_loop_order``): one batch row and
-  ``chunk_size`` query rows at a time, the heads one after the other, so the scores,
+  ``chunk_size`` query rows at a time (at 4096 keys; proportionally more rows for fewer
+  keys, e.g. cross-attention's 77, and at least one chunk per worker thread), the heads
+  one after the other, so the scores,
   probabilities and head sum of a chunk (chunk_size × keys × 4 bytes each: 2 MiB at
   128 × 4096) stay in the core's cache through ``Q Kᵀ``, softmax, ``P V`` and the head
   sum, and the resolution buffer is read and written once per chunk. The three scratch
-  tensors are allocated once per layer call and written with ``out=``.
-  Measured on a quiet 2-core Xeon (README "Performance", ``python -m benchmark.perf
+  tensors are allocated once per layer call and written with ``out=``. With several
+  torch threads the chunks are shared out to as many worker threads, each running its
+  chunks' operations single-threaded (one synchronisation per layer instead of one per
+  operation; ``AttentionCapture(workers=...)``). Measured on a quiet 2-core Xeon (README "Performance", ``python -m benchmark.perf
   kernel``): per 64×64 SD 2-base layer, ``Q Kᵀ`` and ``P V`` together cost about one fused
   SDPA call; softmax and the head sum are the capture's own cost.
 * ``batched`` (default on a GPU): all captured batch rows and heads of ``chunk_size``
@@ -92,6 +96,8 @@ def default_loop_order(device: torch.device) -> str:
 #: 2048 rows x 5 heads x 4096 keys x 4 bytes = 160 MiB of scores for SD 2's 64x64 layers;
 #: not yet measured on a GPU: ``python -m benchmark.perf capture --device cuda --chunk-size N``)
 DEFAULT_CHUNK_ROWS = {"cpu": 128, "gpu": 2048}
+#: keys at which the per-head loop takes ``chunk_size`` rows (a 64x64 self-attention layer)
+CHUNK_KEYS = 4096
 
 
 def default_chunk_size(device: torch.device) -> int:
@@ -417,7 +423,12 @@ class CapturingAttnProcessor:
         own head-SUM buffer when its side keeps layers), so no two workers touch the same
         floats and the result does not depend on the number of workers."""
         n_queries, n_keys = query.shape[2], key_t.shape[-1]
-        rows = min(self.chunk_size or default_chunk_size(query.device), n_queries)
+        workers = max(1, self.chunk_workers or torch.get_num_threads())
+        # chunk_size rows at CHUNK_KEYS keys; layers with fewer keys (cross-attention: 77) take
+        # proportionally more rows, so every chunk's scratch has the same, cache-sized, size
+        # and small layers are not cut into many tiny operations; at least one chunk per worker
+        rows = (self.chunk_size or default_chunk_size(query.device)) * max(1, CHUNK_KEYS // n_keys)
+        rows = max(1, min(rows, -(-n_queries // workers)))
         chunks = [(start, min(n_queries, start + rows)) for start in range(0, n_queries, rows)]
         take = threading.Lock()
 
@@ -431,7 +442,7 @@ class CapturingAttnProcessor:
                     start, stop = chunks.pop(0)
                 self._per_head_chunk(query, key_t, value, mask, buffer, out, layer_buffer, start, stop, scratch)
 
-        _run_on_cpu_workers(work, min(len(chunks), self.chunk_workers or torch.get_num_threads()))
+        _run_on_cpu_workers(work, min(len(chunks), workers))
 
     def _per_head_chunk(self, query, key_t, value, mask, buffer, out, layer_buffer, start, stop, scratch) -> None:
         """Query rows [start, stop) of every captured batch row, heads one after the other;
@@ -488,8 +499,9 @@ class AttentionCapture:
 
     unet: a diffusers ``UNet2DConditionModel``.
     groups: self-attention group of every row of the next UNet batch (-1 = not captured).
-    chunk_size: query rows per chunk: per batch row in the ``per_head`` loop, summed over
-      the captured batch rows in the ``batched`` one (see the module doc); None =
+    chunk_size: query rows per chunk: per batch row in the ``per_head`` loop (at 4096
+      keys, ``CHUNK_KEYS``; more rows for fewer keys), summed over the captured batch rows
+      in the ``batched`` one (see the module doc); None =
       ``default_chunk_size`` of the device (128 on the CPU, 2048 on a GPU).
     cross_groups: cross-attention group of every row (default: one per captured row).
     n_groups / n_cross_groups: number of groups when later calls (``set_groups``) use more
