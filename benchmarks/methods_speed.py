@@ -114,8 +114,10 @@ def compose_method(name: str, dataset: str, overrides: Sequence[str]):
 
 
 def unet_rows(method, ctx: SegmentContext) -> int:
-    """UNet rows per image: one per distinct prompt text (``DiffusionModel.capture``)."""
-    return len({q.text for q in method.queries(ctx)})
+    """UNet rows per image: one per distinct prompt embedding (``DiffusionModel.capture``)."""
+    from benchmark.models.diffusion import prompt_rows
+
+    return len(set(prompt_rows(method.queries(ctx))))
 
 
 def candidate_counts(method, spec, class_names, ctx: SegmentContext, gt_classes: List[int]) -> Tuple[str, int, int]:
