@@ -188,6 +188,33 @@ def block_features(labels: torch.Tensor, generator: torch.Generator, channels: i
     return (directions[small] + 0.5 * torch.randn(small.numel(), channels, generator=generator))[None]
 
 
+def override_error(name: str, overrides: Sequence[str]) -> Optional[str]:
+    """The config error that the ``--set`` overrides of one method cause, or None: the
+    preset is composed with and without them (a preset reading captions from a file gets
+    the synthetic one, as :func:`time_method` gives it), so a misspelled key or a wrong
+    value is the user's error, not a method this script cannot time."""
+    if not overrides:
+        return None
+    from benchmark.config import ConfigError
+    from methods import get_method
+
+    dataset = DATASET.get(get_method(name).task, "cocostuff27")
+    with tempfile.TemporaryDirectory(prefix="methods_speed_") as folder:
+        captions = [f"method.candidates_file={synthetic_captions_file(Path(folder))}"]
+        for extra in ([], captions):
+            try:
+                compose_method(name, dataset, [*extra, *overrides])
+                return None
+            except ConfigError as err:
+                error = str(err)
+            try:
+                compose_method(name, dataset, extra)
+            except ConfigError:
+                continue  # the preset needs more than this (e.g. the captions file): try with it
+            return error
+    return None
+
+
 def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
     from methods import get_method
 
@@ -283,6 +310,10 @@ def main(argv=None) -> None:
         if target not in METHODS or "=" not in value:
             parser.error(f"--set {item!r}: expected METHOD.KEY=VALUE with a registered METHOD")
         overrides.setdefault(target, []).append(f"method.{value}")
+    for target, items in overrides.items():  # a typo fails here, before minutes of timings
+        error = override_error(target, items)
+        if error:
+            parser.error(f"--set {target}.*: {error}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, output {args.out}x{args.out}, "
           f"synthetic {LATENT}x{LATENT}-latent attention (background + 3 objects); pipeline timing, not accuracy")
     print(f"{'method':<17}{'s/image':>8} {'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
