@@ -324,11 +324,13 @@ def main(argv=None) -> None:
             print(f"{name:<17}skipped: {row['skipped']}")
             continue
         spread = f"{row['spread'][0]:.3f}..{row['spread'][1]:.3f}"
-        prompts = "n/a" if row["prompts"] < 0 else str(row["prompts"])
+        # -1: not countable on synthetic inputs (CLIP filter; candidates=gt for a captions preset)
+        prompts, prompts_gt = ("n/a" if row[k] < 0 else str(row[k]) for k in ("prompts", "prompts_gt"))
         print(f"{name:<17}{row['wall']:>8.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
-              f"{prompts:>14}{row['prompts_gt']:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
+              f"{prompts:>14}{prompts_gt:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
         print(f"seconds_per_image_{name}={row['wall']:.4f}")
-        print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")
+        if row["prompts"] >= 0:
+            print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")
 
 
 if __name__ == "__main__":

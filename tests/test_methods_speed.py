@@ -60,6 +60,8 @@ def test_methods_speed_times_registered_methods_and_counts_prompts(monkeypatch, 
     # diffseg_semantic reads a (synthetic) captions file: one caption, one UNet row for its 3 nouns
     assert prompts == {"ca": 20, "diffsegmenter": 20, "diffseg_semantic": 1, "toy_plugin": 1}, out
     assert re.search(r"^diffsegmenter\s.*\ball\s+20\s+3\s+1\s+\d+$", out, re.M), out
+    # candidates=gt gives diffseg_semantic no caption: not countable, "n/a" (it printed -1)
+    assert re.search(r"^diffseg_semantic\s.*\bfile\s+1\s+n/a\s+1\s+\d+$", out, re.M), out
 
 
 def test_synthetic_scene_is_structured():
