@@ -305,9 +305,17 @@ def e2e_benchmark(args: argparse.Namespace) -> dict:
         f"dataset.height={image_px}", f"dataset.width={image_px}", f"method.extract.image_size={image_px}",
         f"dataset.num_workers={args.workers}", *args.set,
     ]
+    from benchmark.config import error_message, is_user_error
+
     with tempfile.TemporaryDirectory() as run_dir:
-        runner = Runner(compose_config(overrides), run_dir)
-        runner._build()  # dataset, method, metric, attention request: as a run builds them
+        try:
+            runner = Runner(compose_config(overrides), run_dir)
+            runner._build()  # dataset, method, metric, attention request: as a run builds them
+        except Exception as err:  # a --method / --set the harness refuses: its message, exit 2
+            if not is_user_error(err):
+                raise
+            print(f"Error: {error_message(err)}", file=sys.stderr)
+            raise SystemExit(2) from None
     method, metric, request, dataset = runner.method, runner.metric, runner.request, runner.dataset
     if not method.needs_diffusion:
         raise SystemExit(f"e2e: method {args.method!r} needs no diffusion pass; nothing to measure")
@@ -521,6 +529,12 @@ def main(argv=None) -> None:
         p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="UNet dtype (probabilities are float32)")
         p.add_argument("--batch", type=int, default=1, help="images per UNet pass")
     args = parser.parse_args(argv)
+    bad = [f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= {least}"
+           for name, least in (("size", 1), ("threads", 0), ("repeats", 1), ("heads", 1), ("batch", 1),
+                               ("chunk_size", 1 if args.command == "kernel" else 0))
+           if getattr(args, name, least) < least]
+    if bad:
+        parser.error("; ".join(bad))
     if args.device.startswith("cuda"):
         import torch
 

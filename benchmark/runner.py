@@ -354,13 +354,15 @@ class Runner:
         missing = [i for i, m in enumerate(maps) if m is None]
         passes = [0] * len(samples)
         if missing:
+            from benchmark.models.diffusion import prompt_rows
+
             fresh = model.get().capture(
                 [samples[i].model_image for i in missing], [queries[i] for i in missing], self.request, extract,
                 image_ids=[samples[i].image_id for i in missing],  # noise seeded per image id
             )
             for i, m in zip(missing, fresh):
                 maps[i] = m
-                passes[i] = model.get().passes_per_image(len(queries[i]), extract)
+                passes[i] = model.get().passes_per_image(len(set(prompt_rows(queries[i]))), extract)  # distinct rows
                 if cache is not None:
                     cache.save(keys[i], m)
                     maps[i] = cache.as_stored(m)  # score what later runs will read back

@@ -114,8 +114,10 @@ def compose_method(name: str, dataset: str, overrides: Sequence[str]):
 
 
 def unet_rows(method, ctx: SegmentContext) -> int:
-    """UNet rows per image: one per distinct prompt text (``DiffusionModel.capture``)."""
-    return len({q.text for q in method.queries(ctx)})
+    """UNet rows per image: one per distinct prompt embedding (``DiffusionModel.capture``)."""
+    from benchmark.models.diffusion import prompt_rows
+
+    return len(set(prompt_rows(method.queries(ctx))))
 
 
 def candidate_counts(method, spec, class_names, ctx: SegmentContext, gt_classes: List[int]) -> Tuple[str, int, int]:
@@ -184,6 +186,33 @@ def block_features(labels: torch.Tensor, generator: torch.Generator, channels: i
     small = labels[::4, ::4][:side, :side].reshape(-1)
     directions = torch.randn(int(labels.max()) + 1, channels, generator=generator)
     return (directions[small] + 0.5 * torch.randn(small.numel(), channels, generator=generator))[None]
+
+
+def override_error(name: str, overrides: Sequence[str]) -> Optional[str]:
+    """The config error that the ``--set`` overrides of one method cause, or None: the
+    preset is composed with and without them (a preset reading captions from a file gets
+    the synthetic one, as :func:`time_method` gives it), so a misspelled key or a wrong
+    value is the user's error, not a method this script cannot time."""
+    if not overrides:
+        return None
+    from benchmark.config import ConfigError
+    from methods import get_method
+
+    dataset = DATASET.get(get_method(name).task, "cocostuff27")
+    with tempfile.TemporaryDirectory(prefix="methods_speed_") as folder:
+        captions = [f"method.candidates_file={synthetic_captions_file(Path(folder))}"]
+        for extra in ([], captions):
+            try:
+                compose_method(name, dataset, [*extra, *overrides])
+                return None
+            except ConfigError as err:
+                error = str(err)
+            try:
+                compose_method(name, dataset, extra)
+            except ConfigError:
+                continue  # the preset needs more than this (e.g. the captions file): try with it
+            return error
+    return None
 
 
 def time_method(name: str, args: argparse.Namespace, overrides: Sequence[str]) -> dict:
@@ -281,6 +310,10 @@ def main(argv=None) -> None:
         if target not in METHODS or "=" not in value:
             parser.error(f"--set {item!r}: expected METHOD.KEY=VALUE with a registered METHOD")
         overrides.setdefault(target, []).append(f"method.{value}")
+    for target, items in overrides.items():  # a typo fails here, before minutes of timings
+        error = override_error(target, items)
+        if error:
+            parser.error(f"--set {target}.*: {error}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, output {args.out}x{args.out}, "
           f"synthetic {LATENT}x{LATENT}-latent attention (background + 3 objects); pipeline timing, not accuracy")
     print(f"{'method':<17}{'s/image':>8} {'min..max':>15}{'cpu s':>8}{'calls':>6}  {'candidates':<11}"
@@ -291,11 +324,13 @@ def main(argv=None) -> None:
             print(f"{name:<17}skipped: {row['skipped']}")
             continue
         spread = f"{row['spread'][0]:.3f}..{row['spread'][1]:.3f}"
-        prompts = "n/a" if row["prompts"] < 0 else str(row["prompts"])
+        # -1: not countable on synthetic inputs (CLIP filter; candidates=gt for a captions preset)
+        prompts, prompts_gt = ("n/a" if row[k] < 0 else str(row[k]) for k in ("prompts", "prompts_gt"))
         print(f"{name:<17}{row['wall']:>8.3f} {spread:>15}{row['cpu']:>8.3f}{row['calls']:>6}  {row['mode']:<11}"
-              f"{prompts:>14}{row['prompts_gt']:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
+              f"{prompts:>14}{prompts_gt:>6}{row['steps']:>6}{row['segments']:>9}", flush=True)
         print(f"seconds_per_image_{name}={row['wall']:.4f}")
-        print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")
+        if row["prompts"] >= 0:
+            print(f"unet_prompts_per_image_{name}={row['prompts'] * row['steps']}")
 
 
 if __name__ == "__main__":

@@ -281,6 +281,26 @@ def test_queries_sharing_a_text_share_one_unet_row(tiny_model, per_prompt):
     assert shared[0].cross_attn[16][1].abs().sum() > 0
 
 
+def test_queries_sharing_a_text_but_weighting_other_words_keep_their_own_rows(tiny_model):
+    """A ``word_weight`` changes the embedding at its word's tokens: two queries of one
+    caption weighting different words are two rows, each equal to a capture of it alone;
+    identical weighted queries still share one."""
+    from benchmark.models.diffusion import prompt_rows
+
+    image = _images(1, seed=6)[0]
+    caption = "a photograph of cat and dog"
+    queries = [PromptQuery(caption, "cat", 1.21), PromptQuery(caption, "dog", 1.21), PromptQuery(caption, "cat", 1.21)]
+    assert prompt_rows(queries) == [0, 1, 0]
+    assert prompt_rows([PromptQuery(caption, "cat"), PromptQuery(caption, "dog")]) == [0, 0]
+    request = AttentionRequest((16,), (16,))
+    rows = tiny_model.unet_rows
+    shared = tiny_model.capture([image], [queries], request, EXTRACT)[0]
+    assert tiny_model.unet_rows - rows == 2
+    for j, q in enumerate(queries):
+        alone = tiny_model.capture([image], [[q]], request, EXTRACT)[0]
+        torch.testing.assert_close(shared.cross_attn[16][j], alone.cross_attn[16][0], atol=1e-6, rtol=0)
+
+
 def test_capture_pipeline_matches_manual_steps(tiny_model):
     """VAE sample x scaling factor, add_noise at t, one UNet pass: the documented recipe."""
     image = _images(1)[0]

@@ -60,6 +60,8 @@ def test_methods_speed_times_registered_methods_and_counts_prompts(monkeypatch, 
     # diffseg_semantic reads a (synthetic) captions file: one caption, one UNet row for its 3 nouns
     assert prompts == {"ca": 20, "diffsegmenter": 20, "diffseg_semantic": 1, "toy_plugin": 1}, out
     assert re.search(r"^diffsegmenter\s.*\ball\s+20\s+3\s+1\s+\d+$", out, re.M), out
+    # candidates=gt gives diffseg_semantic no caption: not countable, "n/a" (it printed -1)
+    assert re.search(r"^diffseg_semantic\s.*\bfile\s+1\s+n/a\s+1\s+\d+$", out, re.M), out
 
 
 def test_synthetic_scene_is_structured():
@@ -86,3 +88,21 @@ def test_methods_speed_synthesises_block_features_and_per_layer_cross_attention(
     seconds = {m: float(v) for m, v in re.findall(r"^seconds_per_image_(\w+)=(\d+\.\d+)$", out, re.M)}
     assert set(seconds) == {"diffcut", "seediff_code"}, out
     assert not re.search(r"skipped", out), out
+
+
+def test_a_misspelled_set_key_is_a_usage_error_not_a_skipped_method(capsys):
+    """``--set diffseg.kl_treshold=1`` used to print "diffseg skipped: its preset needs
+    more than synthetic inputs" and exit 0 (and a typo for diffseg_semantic, whose preset
+    gets a synthetic captions file, ended in a ConfigError traceback): both now fail at
+    start with the config's message, exit code 2, before anything is timed."""
+    import pytest
+
+    script = _load_script()
+    for item, key in (("diffseg.kl_treshold=1", "kl_treshold"), ("diffseg_semantic.votng=mean", "votng"),
+                      ("seediff_code.pamr_iterations=abc", "pamr_iterations")):
+        with pytest.raises(SystemExit) as exit_info:
+            script.main(["--only", "diffseg", "--repeats", "0", "--out", "64", "--set", item])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert key in captured.err and "seconds_per_image" not in captured.out, captured
+    assert script.override_error("diffseg_semantic", ["method.voting=majority"]) is None

@@ -82,3 +82,26 @@ def test_perf_kernel_profiles_each_capture_step(capsys):
         match = re.search(rf"^steps {order}\s+QK\^T (\S+)  softmax (\S+)  P\.V (\S+)  head-sum\+add (\S+)", out, re.M)
         assert match and all(float(x) >= 0 for x in match.groups()), out
         assert re.search(rf"^kernel_ratio_{order}=\d+\.\d+$", out, re.M), out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["kernel", "--size", "0"], "--size 0: must be >= 1"),
+    (["kernel", "--size", "16", "--chunk-size", "0"], "--chunk-size 0: must be >= 1"),
+    (["kernel", "--size", "16", "--heads", "0"], "--heads 0"),
+    (["kernel", "--size", "16", "--threads", "-1"], "--threads -1"),
+    (["kernel", "--size", "16", "--repeats", "0"], "--repeats 0"),
+    (["capture", "--size", "0"], "--size 0"),
+    (["capture", "--size", "8", "--chunk-size", "-2"], "--chunk-size -2: must be >= 0"),
+    (["e2e", "--arch", "tiny", "--size", "16", "--batch", "0"], "--batch 0"),
+    (["e2e", "--arch", "tiny", "--size", "16", "--images", "1", "--set", "method.kl_treshold=1"], "kl_treshold"),
+])
+def test_perf_bad_arguments_are_usage_errors(argv, says, capsys):
+    """Before: tracebacks (range() arg 3 must not be zero, negative dimension, division by
+    zero, set_num_threads expects a positive integer, a ConfigError for a misspelled --set
+    key) or a child process failing; now a message naming the option, exit code 2."""
+    from benchmark.perf import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err

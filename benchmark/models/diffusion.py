@@ -41,6 +41,19 @@ def image_key(image: torch.Tensor) -> str:
     return hashlib.sha1(str(tuple(data.shape)).encode() + data.numpy().tobytes()).hexdigest()
 
 
+def prompt_rows(queries: Sequence[PromptQuery]) -> List[int]:
+    """The UNet row (0, 1, ... within one image) of each query of one image: queries whose
+    text embedding is the same (same text, and no ``word_weight`` or the same weighted
+    word) share a row; a ``word_weight`` changes the embedding at its word's tokens, so a
+    weighted query has a row of its own unless an identical one precedes it."""
+    row_of: Dict[object, int] = {}
+    rows = []
+    for q in queries:
+        key = q.text if float(q.word_weight) == 1.0 else (q.text, q.word, q.weight_word, float(q.word_weight))
+        rows.append(row_of.setdefault(key, len(row_of)))
+    return rows
+
+
 def _randn(shape: Sequence[int], seed: int) -> torch.Tensor:
     # drawn on the CPU so that every device gets the same numbers
     return torch.randn(tuple(shape), generator=torch.Generator("cpu").manual_seed(seed))
@@ -420,7 +433,7 @@ class DiffusionModel:
         ``Sample.vae_image``); queries[i]: the prompts of image i (at least one);
         Queries of one image with the same text share one UNet row (their maps are equal
         copies; the token positions still differ), so a caption read at several nouns
-        costs one row.
+        costs one row (``prompt_rows``: a ``word_weight`` != 1 gives its query its own row).
         image_ids: keys seeding each image's randomness (default: hash of its pixels);
         timesteps: per-image timestep overriding ``extract.timestep`` (several timesteps
         in one pass).
@@ -457,7 +470,7 @@ class DiffusionModel:
             noise = torch.stack([_randn(latents.shape[1:], derive_seed(extract.seed, "noise", k)) for k in keys])
             latents = self.scheduler.add_noise(latents.float(), noise.to(self.device), t)
 
-        # one UNet row per distinct prompt text of an image: queries sharing a text (one
+        # one UNet row per distinct prompt of an image (``prompt_rows``): queries sharing a text (one
         # caption read at several nouns, as Semantic DiffSeg does) share the row, whose
         # latent, timestep and text embedding are the same (the official get_semantics runs
         # the caption once); an image's shared self-attention is the mean over its distinct
@@ -466,26 +479,26 @@ class DiffusionModel:
         image_rows: List[int] = []
         query_rows: List[List[int]] = []
         for i, qs in enumerate(queries):
-            row_of_text: Dict[str, int] = {}
-            for q in qs:
-                if q.text not in row_of_text:
-                    row_of_text[q.text] = len(flat)
+            local = prompt_rows(qs)
+            first = len(flat)
+            for j, q in enumerate(qs):
+                if local[j] == len(flat) - first:  # the first query of a new row
                     flat.append(q)
                     image_rows.append(i)
-            query_rows.append([row_of_text[q.text] for q in qs])
+            query_rows.append([first + r for r in local])
         image_of_row = torch.tensor(image_rows, dtype=torch.long)
-        prompt_rows = torch.arange(len(flat))
-        self_groups = prompt_rows if extract.self_attn_per_prompt else image_of_row
+        row_index = torch.arange(len(flat))
+        self_groups = row_index if extract.self_attn_per_prompt else image_of_row
         embeddings = self.encode_queries(flat)
         n_self_groups = int(self_groups.max()) + 1
         # block outputs are hooked in the same pass, grouped like self-attention
         with AttentionCapture(
-            self.unet, request, self_groups, self.chunk_size, cross_groups=prompt_rows,
-            n_groups=n_self_groups, n_cross_groups=int(prompt_rows.numel()),
+            self.unet, request, self_groups, self.chunk_size, cross_groups=row_index,
+            n_groups=n_self_groups, n_cross_groups=int(row_index.numel()),
         ) as capture, FeatureCapture(self.unet, request.features, self_groups[:0], n_self_groups) as features:
-            for start in range(0, int(prompt_rows.numel()), self.max_batch):
+            for start in range(0, int(row_index.numel()), self.max_batch):
                 rows = slice(start, start + self.max_batch)
-                capture.set_groups(self_groups[rows], prompt_rows[rows])
+                capture.set_groups(self_groups[rows], row_index[rows])
                 features.set_groups(self_groups[rows])
                 images_of_rows = image_of_row[rows].to(self.device)
                 self._unet(latents[images_of_rows], t[images_of_rows], embeddings[rows], [q.text for q in flat[rows]])
