@@ -607,3 +607,21 @@ def test_chunk_size_defaults_per_device_and_does_not_change_the_maps(tiny_model)
     for side in ALL_16:
         torch.testing.assert_close(maps[None][side], maps[1000][side], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(maps[None][side], maps[7][side], atol=1e-6, rtol=1e-5)
+
+
+def test_a_larger_worker_pool_replaces_the_smaller_one_and_its_threads_exit():
+    import threading
+    import time
+
+    from benchmark.attention import capture as capture_module
+
+    def alive():
+        return sum(t.name.startswith("attention-capture") for t in threading.enumerate())
+
+    capture_module._run_on_cpu_workers(lambda: None, 2)
+    capture_module._run_on_cpu_workers(lambda: None, 4)
+    capture_module._run_on_cpu_workers(lambda: time.sleep(0.05), 4)  # the new pool: 3 threads
+    deadline = time.time() + 5
+    while alive() > capture_module._POOL["workers"] and time.time() < deadline:
+        time.sleep(0.05)
+    assert alive() <= capture_module._POOL["workers"] == 3

@@ -276,7 +276,10 @@ def _run_on_cpu_workers(work, workers: int) -> None:
         return
     pool = _POOL.get("pool")
     if _POOL.get("pid") != os.getpid() or _POOL.get("workers", 0) < workers - 1:
-        # a forked child (data-loader worker) has no threads: it builds its own pool
+        # a forked child (data-loader worker) has no threads: it builds its own pool; a
+        # larger pool replaces a smaller one, whose idle threads then exit
+        if _POOL.get("pid") == os.getpid() and pool is not None:
+            pool.shutdown(wait=False)
         pool = ThreadPoolExecutor(max_workers=workers - 1, thread_name_prefix="attention-capture", initializer=_worker_init)
         _POOL.update(pid=os.getpid(), workers=workers - 1, pool=pool)
     inference, grad = torch.is_inference_mode_enabled(), torch.is_grad_enabled()
