@@ -42,7 +42,7 @@ from .attention_ops import (
     upsample_argmax,
     weights_by_side,
 )
-from .base import Method, NoSettings, check_choice
+from .base import Method, NoSettings, check_choice, user_error
 from .kmeans import kmeans
 
 
@@ -163,6 +163,16 @@ class DiffSeg(Method):
         if params.refine:
             proposals = refine_proposals(first.aggregated, proposals, params.refine_max_iter, params.refine_tol)
         return upsample_argmax(proposals.view(-1, side, side), ctx.out_size, params.upsample)
+
+    def check_sides(self, params: DiffSegParams, self_sides, cross_sides) -> None:
+        """The anchor grid must fit the aggregation side (the largest captured self-attention
+        side; ``anchor_grid``: step (side − 1) // (points − 1) >= 1, i.e. side >= points)."""
+        if self_sides and params.anchor_grid > max(self_sides):
+            raise user_error(
+                f"method.anchor_grid={params.anchor_grid}: the largest self-attention side this model captures at "
+                f"method.extract.image_size={self.image_size} is {max(self_sides)}, and the anchor grid needs at most "
+                f"that many points per axis; lower method.anchor_grid (e.g. {max(self_sides)}) or raise the image size"
+            )
 
     def _iteration0(self, attn: AttentionMaps, params: DiffSegParams) -> _Iteration0:
         weights = weights_by_side(list(attn.self_attn), params.resolution_weights, "method.resolution_weights")

@@ -435,3 +435,21 @@ def test_hydra_composition_errors_exit_2_without_traceback(tmp_path):
         proc = _cli(args)
         assert proc.returncode == 2 and expect in proc.stderr, (args, proc.stderr[-2000:])
         assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("overrides, points", [
+    (["method.extract.image_size=64"], "method.anchor_grid=16"),  # tiny at 64 px: largest self side 8
+    (["method.extract.image_size=128", "method.grid.anchor_grid=[8,32]"], "method.anchor_grid=32"),  # one grid point
+])
+def test_an_anchor_grid_larger_than_the_captured_side_is_refused_at_start(tmp_path, overrides, points):
+    """DiffSeg's anchor grid must fit the largest self-attention side the model captures at
+    the run's image size: refused before any image (it failed at the first one, with a
+    traceback), naming the key, the side and the remedy."""
+    run = tmp_path / "run"
+    with pytest.raises(ValueError) as err:  # a user error: the CLI prints it alone, exit code 2
+        run_with_overrides(TINY[:3] + ["method=diffseg", "run.progress=false"] + overrides, run)
+    assert is_user_error(err.value)
+    message = str(err.value)
+    assert message.startswith(points) and "largest self-attention side" in message and "lower method.anchor_grid" in message
+    assert not run.exists() or not any(run.iterdir())
+    run_with_overrides(TINY + ["method=diffseg", "run.report=false"], tmp_path / "ok")  # 128 px: side 16 fits

@@ -261,17 +261,18 @@ class LazyModel:
                 raise ModelNotFoundError(f"model {self.cfg.name!r}: cannot read {path}: {err}") from err
         return configs[0], configs[1]
 
-    def check_request(self, request, image_size: int, explicit: Sequence[Any] = ()) -> None:
+    def check_request(self, request, image_size: int, explicit: Sequence[Any] = ()):
         """Fail at start when this model cannot serve ``request`` at ``image_size`` px: the side
         is not a multiple of the model's size multiple, no attention grid of a requested kind,
         a side the user named (``explicit``: ``ExplicitSides``) where it has no attention, or a
         requested feature module that its UNet lacks (built on the meta device from the
         config: no weights read). The message names what the model has; it is a user error
-        (``ConfigError``: printed alone, exit code 2), not a traceback."""
+        (``ConfigError``: printed alone, exit code 2), not a traceback. Returns the request
+        fitted to the model (``fit_request``: the sides it will capture)."""
         from benchmark.config import ConfigError
 
         try:
-            self._check_request(request, image_size, explicit)
+            return self._check_request(request, image_size, explicit)
         except ConfigError:
             raise
         except ValueError as err:
@@ -288,7 +289,7 @@ class LazyModel:
                 f"method.extract.image_size={image_size}: model {self.cfg.name!r} needs a positive multiple of {multiple} "
                 f"(VAE factor {vae_factor} x UNet downsampling)"
             )
-        fit_request(unet_config, request, image_size // vae_factor, vae_factor, self.cfg.name)
+        fitted = fit_request(unet_config, request, image_size // vae_factor, vae_factor, self.cfg.name)
         check_explicit_sides(unet_config, image_size // vae_factor, explicit, vae_factor, self.cfg.name)
         if request.features:
             from benchmark.attention.features import resolve_feature
@@ -302,6 +303,7 @@ class LazyModel:
                     unet = UNet2DConditionModel.from_config(unet_config)
             for name in request.features:
                 resolve_feature(unet, name)
+        return fitted
 
     def get(self):
         """The ``DiffusionModel`` (loaded now if it was not yet)."""
