@@ -136,10 +136,10 @@ class Runner:
         model = LazyModel(self.v.model)  # weights load on the first cache miss
         try:
             fitted = model.check_request(self.request, self.v.method.extract.image_size, self.explicit_sides)
-            check_sides = getattr(self.method, "check_sides", None)  # plugins without the Method base
-            if fitted is not None and check_sides is not None:
+            check = getattr(self.method, "check_captured_sides", None)  # plugins without the Method base
+            if fitted is not None and check is not None:
                 for params in self.v.method.points:
-                    check_sides(params, fitted.self_resolutions, fitted.cross_resolutions)
+                    check(params, fitted.self_resolutions, fitted.cross_resolutions)
         except ValueError as err:
             if is_user_error(err):
                 raise

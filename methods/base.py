@@ -79,7 +79,7 @@ class Method:
         the model silently). Default: none."""
         return ()
 
-    def check_sides(self, params: Any, self_sides: Sequence[int], cross_sides: Sequence[int]) -> None:
+    def check_captured_sides(self, params: Any, self_sides: Sequence[int], cross_sides: Sequence[int]) -> None:
         """Refuse at start (``user_error``) a grid point that the attention sides the model
         will capture (``self_sides`` / ``cross_sides``: the request fitted to the model at
         ``extract.image_size``, largest first) cannot serve, instead of failing at the first

@@ -164,7 +164,7 @@ class DiffSeg(Method):
             proposals = refine_proposals(first.aggregated, proposals, params.refine_max_iter, params.refine_tol)
         return upsample_argmax(proposals.view(-1, side, side), ctx.out_size, params.upsample)
 
-    def check_sides(self, params: DiffSegParams, self_sides, cross_sides) -> None:
+    def check_captured_sides(self, params: DiffSegParams, self_sides, cross_sides) -> None:
         """The anchor grid must fit the aggregation side (the largest captured self-attention
         side; ``anchor_grid``: step (side − 1) // (points − 1) >= 1, i.e. side >= points)."""
         if self_sides and params.anchor_grid > max(self_sides):
