@@ -84,17 +84,21 @@ def key_aliases(key: str) -> List[str]:
     return out
 
 
+#: what a candidates file holds (messages); captions are read by methods prompting with them
+FILE_FORMAT = 'a JSON object image_id -> [class names] or -> {"caption": "...", "classes": [...]}'
+
+
 @lru_cache(maxsize=8)
 def _load_file(path: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"method.candidates_file: {p} does not exist (expected a JSON object image_id -> classes)")
+        raise FileNotFoundError(f"method.candidates_file: {p} does not exist (expected {FILE_FORMAT})")
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"method.candidates_file: {p} is not valid JSON: {err}") from err
     if not isinstance(data, dict):
-        raise ValueError(f"method.candidates_file: {p} must hold a JSON object image_id -> classes")
+        raise ValueError(f"method.candidates_file: {p} must hold {FILE_FORMAT}")
     if is_official_filter_file(data):
         data = official_filter_union(data, f"method.candidates_file {p}")
     # keys may be image paths, file names or COCO 2014 names: index their ids

@@ -278,6 +278,13 @@ class Runner:
                 from benchmark.attention.cache import AttentionCache
 
                 cache = self.cache = AttentionCache(v.cache.dir, dtype=v.cache.dtype)
+                try:  # before any image: a folder that cannot be made is the user's cache.dir
+                    cache.root.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise InputError(
+                        f"cache.dir={v.cache.dir}: cannot create the attention cache folder ({err.strerror or err}: "
+                        f"{err.filename or cache.root}); set cache.dir to a writable folder, or null to run without a cache"
+                    ) from None
 
         examples: List[Example] = []
         passes_this_run = 0

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
 
 from benchmark.__main__ import UsageError, check_group_choices, group_options, prepare_argv
 from benchmark.compose import compose_config, run_with_overrides
-from benchmark.config import ConfigError, is_user_error, validate
+from benchmark.config import ConfigError, InputError, is_user_error, validate
 from test_runner import _write_folder_dataset
 
 REPO = Path(__file__).resolve().parent.parent
@@ -453,3 +454,19 @@ def test_an_anchor_grid_larger_than_the_captured_side_is_refused_at_start(tmp_pa
     assert message.startswith(points) and "largest self-attention side" in message and "lower method.anchor_grid" in message
     assert not run.exists() or not any(run.iterdir())
     run_with_overrides(TINY + ["method=diffseg", "run.report=false"], tmp_path / "ok")  # 128 px: side 16 fits
+
+
+def test_an_unusable_cache_dir_is_refused_before_any_image_naming_the_key(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InputError) as err:
+        run_with_overrides(TINY + ["method=diffseg", f"cache.dir={blocker}/cache"], tmp_path / "run")
+    assert is_user_error(err.value)
+    assert str(err.value).startswith(f"cache.dir={blocker}/cache: cannot create the attention cache folder")
+
+
+def test_a_missing_candidates_file_message_describes_captions_too(tmp_path):
+    from benchmark.candidates import resolve_candidates
+
+    with pytest.raises(FileNotFoundError, match=r'does not exist \(expected a JSON object image_id -> \[class names\] or -> \{"caption"'):
+        resolve_candidates("file", "img", torch.zeros(1, 1), ["background", "cat"], 255, str(tmp_path / "missing.json"))
