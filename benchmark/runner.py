@@ -134,6 +134,14 @@ class Runner:
         from benchmark.models import LazyModel
 
         model = LazyModel(self.v.model)  # weights load on the first cache miss
+        self.check_model(model)
+        return model
+
+    def check_model(self, model) -> None:
+        """Refuse (a user error, exit code 2) a model that cannot serve ``self.request`` at
+        ``method.extract.image_size``: ``LazyModel.check_request`` (input size, attention
+        sides, the sides the user named in ``self.explicit_sides``, feature modules), then
+        each grid point's ``Method.check_captured_sides`` on the sides it will capture."""
         try:
             fitted = model.check_request(self.request, self.v.method.extract.image_size, self.explicit_sides)
             check = getattr(self.method, "check_captured_sides", None)  # plugins without the Method base
@@ -144,7 +152,6 @@ class Runner:
             if is_user_error(err):
                 raise
             raise ConfigError(error_message(err)) from err
-        return model
 
     def _check_selection(self) -> None:
         """An empty image selection is a config error, not an empty table."""

@@ -324,12 +324,17 @@ def show(image: str, overrides: Sequence[str] = (), out: Optional[Path] = None, 
     runner.dataset = dataset
     runner.method = method = method_cls(settings=v.method.settings, extract=v.method.extract)
     request = None
+    runner.explicit_sides = []
     for p in v.method.points:
         r = method.attention_request(p)
         request = r if request is None else request.union(r)
+        for entry in method.explicit_sides(p) if hasattr(method, "explicit_sides") else ():
+            if entry not in runner.explicit_sides:
+                runner.explicit_sides.append(entry)
     runner.request = request
     ctx = runner._context(sample)
     model = LazyModel(v.model)
+    runner.check_model(model)  # sides the user named, anchor grid, ...: as a run checks them
     cache = None
     if v.cache.dir:
         from benchmark.attention.cache import AttentionCache

@@ -64,3 +64,13 @@ def test_show_on_an_image_file_with_an_open_vocabulary_method(tmp_path):
         show(str(path), TINY + ["method=diffsegmenter", "method.candidates=gt"], tmp_path / "x")
     with pytest.raises(ShowError, match="neither an image file nor an image id"):
         show("no_such_id", TINY, tmp_path / "y")
+
+
+def test_show_refuses_what_a_run_refuses_before_any_pass(tmp_path):
+    """benchmark.show checks the model against the method as an evaluation does: an anchor
+    grid larger than the captured side (64 px: side 8) is a user error before any UNet pass."""
+    from benchmark.config import is_user_error
+    with pytest.raises(ValueError) as err:
+        show("synthetic_000000", TINY + ["method=diffseg", "method.anchor_grid=16"], tmp_path / "show", n_points=1)
+    assert is_user_error(err.value) and str(err.value).startswith("method.anchor_grid=16")
+    assert not (tmp_path / "show" / "maps.pt").exists()
