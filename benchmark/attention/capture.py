@@ -24,9 +24,10 @@ round differently for different chunk shapes: equal to ~1e-7):
   tensors are allocated once per layer call and written with ``out=``. With several
   torch threads the chunks are shared out to as many worker threads, each running its
   chunks' operations single-threaded (one synchronisation per layer instead of one per
-  operation; ``AttentionCapture(workers=...)``). Measured on a quiet 2-core Xeon (README "Performance", ``python -m benchmark.perf
-  kernel``): per 64×64 SD 2-base layer, ``Q Kᵀ`` and ``P V`` together cost about one fused
-  SDPA call; softmax and the head sum are the capture's own cost.
+  operation; ``AttentionCapture(workers=...)``). Measured on a quiet 2-core Xeon (README
+  "Performance", ``python -m benchmark.perf kernel``): per 64×64 SD 2-base layer, ``Q Kᵀ``
+  and ``P V`` together cost about one fused SDPA call; softmax and the head sum are the
+  capture's own cost.
 * ``batched`` (default on a GPU): all captured batch rows and heads of ``chunk_size``
   query rows per step (few, large kernels: launch overhead dominates small ones on a GPU).
 
@@ -168,22 +169,18 @@ class _Accumulator:
             )
         return buffer
 
-    def add_chunk(self, buffer: torch.Tensor, probs: torch.Tensor, start: int, stop: int, selected: bool = False) -> None:
-        """Add the head-mean of ``probs`` (B, heads, chunk, keys) of query rows [start, stop);
-        ``selected``: ``probs`` holds the captured rows only (in row order)."""
-        rows, row_groups = self._indices(probs.device)
-        head_sum = probs.sum(dim=1)
-        if rows is not None and not selected:
-            head_sum = head_sum.index_select(0, rows)
-        buffer[:, start:stop].index_add_(0, row_groups, head_sum, alpha=1.0 / probs.shape[1])
+    def add_head_sum(self, buffer: torch.Tensor, head_sum: torch.Tensor, start: int, stop: int, alpha: float = 1.0) -> None:
+        """Add ``alpha`` × ``head_sum`` (captured rows in row order, chunk, keys) into query rows
+        [start, stop) of each row's group in ``buffer`` (G, queries, keys)."""
+        _, row_groups = self._indices(head_sum.device)
+        buffer[:, start:stop].index_add_(0, row_groups, head_sum, alpha=alpha)
 
     def count_layer(self, side: int, name: str) -> None:
-        self.counts[side].index_add_(0, self.row_groups, torch.ones(self.row_groups.numel(), dtype=torch.float64))
+        ones = torch.ones(self.row_groups.numel(), dtype=torch.float64)
+        self.counts[side].index_add_(0, self.row_groups, ones)
         self.layers[side][name] = None
         if (side, name) in self.layer_counts:
-            self.layer_counts[(side, name)].index_add_(
-                0, self.row_groups, torch.ones(self.row_groups.numel(), dtype=torch.float64)
-            )
+            self.layer_counts[(side, name)].index_add_(0, self.row_groups, ones)
 
     # -- per-layer capture (SeeDiff's per-layer cross-attention normalisation) ----------
     def layer_buffer(self, side: int, name: str, n_keys: int, device: torch.device) -> Optional[torch.Tensor]:
@@ -197,17 +194,6 @@ class _Accumulator:
                 )
                 self.layer_counts[(side, name)] = torch.zeros(self.n_groups, dtype=torch.float64)
         return self.layer_sums[(side, name)]
-
-    def add_layer_chunk(
-        self, buffer: torch.Tensor, probs: torch.Tensor, start: int, stop: int, selected: bool = False
-    ) -> None:
-        """Add the head-sum of ``probs`` (B, heads, chunk, keys) into one layer's buffer
-        (``selected`` as in :meth:`add_chunk`)."""
-        rows, row_groups = self._indices(probs.device)
-        head_sum = probs.sum(dim=1)
-        if rows is not None and not selected:
-            head_sum = head_sum.index_select(0, rows)
-        buffer[:, start:stop].index_add_(0, row_groups, head_sum)
 
     def layer_result(self) -> Dict[int, torch.Tensor]:
         """{side: (L, G, side², keys)}: each kept layer's head-sum, averaged over its calls
@@ -492,9 +478,10 @@ class CapturingAttnProcessor:
                 out[:, :, start:stop] = chunk_out
             else:
                 out[rows, :, start:stop] = chunk_out
-            acc.add_chunk(buffer, probs, start, stop, selected=True)
+            head_sum = probs.sum(dim=1)  # heads in order, as the per-head loop adds them
+            acc.add_head_sum(buffer, head_sum, start, stop, alpha=1.0 / heads)
             if layer_buffer is not None:
-                acc.add_layer_chunk(layer_buffer, probs, start, stop, selected=True)
+                acc.add_head_sum(layer_buffer, head_sum, start, stop)
 
 
 class AttentionCapture:
