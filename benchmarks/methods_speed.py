@@ -126,7 +126,8 @@ def candidate_counts(method, spec, class_names, ctx: SegmentContext, gt_classes:
 
     mode = getattr(spec.settings, "candidates", None)
     if mode is None:
-        return "-", unet_rows(method, ctx), unet_rows(method, ctx)
+        rows = unet_rows(method, ctx)
+        return "-", rows, rows
     label = torch.tensor(gt_classes).view(1, -1)
     candidates_file = getattr(spec.settings, "candidates_file", None)
     counts = []
